@@ -1,0 +1,47 @@
+"""Report stage: before/after tables with intervals, paired tests, flips, plots.
+
+    python stages/report.py --profile tiny --metrics-dir metrics/tiny --scored-dir data/tiny/scored \
+        --generations-dir data/tiny/generations --out-dir reports/tiny
+
+Reads only metric and per-example files (see vlrl.report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from vlrl.config import load_stage_params
+from vlrl.report import ReportInputs, build_report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--metrics-dir", type=Path, required=True)
+    parser.add_argument("--scored-dir", type=Path, required=True)
+    parser.add_argument("--generations-dir", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = load_stage_params("report", args.profile, args.params)
+    inputs = ReportInputs(
+        profile=args.profile,
+        baseline_metrics=args.metrics_dir / "baseline.json",
+        post_metrics=args.metrics_dir / "post.json",
+        baseline_scored=args.scored_dir / "baseline.jsonl",
+        post_scored=args.scored_dir / "post.jsonl",
+        train_metrics=args.metrics_dir / "train.json",
+        manifest=args.metrics_dir / "manifest.json",
+        curves_dir=args.metrics_dir / "train_curves",
+        generation_meta=(args.generations_dir / "baseline.meta.json", args.generations_dir / "post.meta.json"),
+    )
+    path = build_report(inputs, params.report, args.out_dir)
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()
