@@ -109,7 +109,11 @@ class HubSource:
 
 @dataclass(frozen=True)
 class LocalSource:
+    """A local copy with the hub's columns (save_to_disk folder, parquet file or folder of them)."""
+
     path: str | None = None
+    #: Split taken from a DatasetDict folder, or from a hub snapshot's ``<split>-*.parquet`` files.
+    split: str = "testmini"
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,13 @@ class TinyModelBuild:
     warm_start_steps: int = 120
     warm_start_learning_rate: float = 3e-3
     warm_start_batch_size: int = 16
+    #: Share of train items whose question kind is "well-formatted-leaning" in the warm start.
     well_formatted_fraction: float = 0.5
+    #: Within each question kind, the share of targets in the kind's minority style, so that sampled
+    #: completions (temperature 1) vary in format and GSPO has reward variance to learn from.
+    minority_style_fraction: float = 0.2
+    #: Largest image (pixels) the image processor keeps; bigger images are downscaled (Qwen smart_resize).
+    image_max_pixels: int = 4096
 
     def validate(self, key: str) -> None:
         _require(self.text_hidden_size % self.text_heads == 0, f"{key}.text_hidden_size",
@@ -176,6 +186,17 @@ class TinyModelBuild:
         _require(0 <= self.well_formatted_fraction <= 1, f"{key}.well_formatted_fraction",
                  self.well_formatted_fraction, "must be in [0, 1]")
         _require(self.warm_start_steps >= 0, f"{key}.warm_start_steps", self.warm_start_steps, "must be >= 0")
+        _require(0 <= self.minority_style_fraction < 0.5, f"{key}.minority_style_fraction",
+                 self.minority_style_fraction, "must be in [0, 0.5) (the minority of each kind)")
+        _require(self.warm_start_batch_size >= 1, f"{key}.warm_start_batch_size", self.warm_start_batch_size,
+                 "must be >= 1")
+        _require(self.warm_start_learning_rate > 0, f"{key}.warm_start_learning_rate",
+                 self.warm_start_learning_rate, "must be > 0")
+        factor = self.patch_size * self.spatial_merge_size
+        _require(self.image_max_pixels >= factor * factor, f"{key}.image_max_pixels", self.image_max_pixels,
+                 f"must be >= (patch_size x spatial_merge_size)^2 = {factor * factor}")
+        _require(self.vocab_size >= 300, f"{key}.vocab_size", self.vocab_size,
+                 "must be >= 300 (256 byte tokens + Qwen's special tokens + the tags + merges)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,134 @@
+"""Where the raw MathVista-format rows come from: the offline generator, the hub, or a local mirror.
+
+Every source returns a :class:`SourceData`: a ``datasets.Dataset`` with (at least) the hub's columns
+(:data:`vlrl.data.schema.HUB_FEATURES`) and ``decoded_image`` left undecoded ({"bytes", "path"}), so
+that the transform decodes each image itself and drops a corrupt one with a reason.
+
+- ``offline`` (tiny profile): :func:`vlrl.data.offline.generate_offline`.
+- ``hub`` (full profile): ``datasets.load_dataset(path, split=split, revision=revision)``. The HF
+  cache is used; ``HF_TOKEN`` (if set) is read by ``datasets``/``huggingface_hub`` themselves and never
+  logged here. Without network the error says what could not be fetched and how to proceed.
+- ``local``: a copy with the hub's columns for air-gapped machines: a ``save_to_disk`` folder (a
+  Dataset, or a DatasetDict from which ``local.split`` is taken), one parquet file, or a folder of
+  parquet files (a hub snapshot: only files named ``<split>-*.parquet`` are read when there are any).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+from datasets import Image as ImageFeature
+from datasets.exceptions import DatasetsError
+
+from vlrl.config import DataParams, HubSource, LocalSource, OfflineSource
+from vlrl.data.offline import generate_offline
+from vlrl.data.schema import REQUIRED_SOURCE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+class DataSourceError(RuntimeError):
+    """The source could not be read; the message says what was tried and how to proceed."""
+
+
+@dataclass(frozen=True)
+class SourceData:
+    dataset: Dataset
+    source: str
+    revision: str | None
+    described: dict
+
+
+def _undecoded(dataset: Dataset, where: str) -> Dataset:
+    missing = [c for c in REQUIRED_SOURCE_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise DataSourceError(f"{where}: missing column(s) {', '.join(missing)}; a MathVista source needs "
+                              f"the hub's columns: {', '.join(REQUIRED_SOURCE_COLUMNS)}")
+    if isinstance(dataset.features["decoded_image"], ImageFeature):
+        dataset = dataset.cast_column("decoded_image", ImageFeature(decode=False))
+    return dataset
+
+
+def load_offline(offline: OfflineSource, seed: int) -> SourceData:
+    """The generated set (deterministic by seed).
+
+    >>> load_offline(OfflineSource(n_items=12, canvas_px=48), seed=1).dataset.num_rows
+    12
+    """
+    dataset = generate_offline(offline.n_items, seed, offline.canvas_px)
+    return SourceData(_undecoded(dataset, "offline generator"), "offline", None,
+                      {"n_items": offline.n_items, "canvas_px": offline.canvas_px})
+
+
+def load_hub(hub: HubSource) -> SourceData:
+    """MathVista from the hub at a pinned revision (network, or HF_HUB_OFFLINE=1 with a warm cache).
+
+    >>> # load_hub(HubSource("AI4Math/MathVista", "testmini", "2b6ad694...")).dataset.num_rows -> 1000
+    """
+    log.info("loading %s (split %s, revision %s) from the Hugging Face hub or its cache",
+             hub.path, hub.split, hub.revision)
+    try:
+        dataset = datasets.load_dataset(hub.path, split=hub.split, revision=hub.revision)
+    except (OSError, DatasetsError) as exc:
+        raise DataSourceError(
+            f"could not fetch the data set {hub.path!r} (split {hub.split!r}, revision {hub.revision!r}) "
+            f"from the Hugging Face hub or its local cache: {type(exc).__name__}: {exc}\n"
+            "To proceed: (a) on a machine with network, check the id/revision (and HF_TOKEN if the "
+            "repository is gated); (b) with a warm cache, set HF_HUB_OFFLINE=1; (c) on an air-gapped "
+            "machine, point the profile at a mirror (data.source: local, data.local.path: a save_to_disk "
+            "folder or parquet files) or run `python -m vlrl.data --local PATH ...`; (d) to run "
+            "everything offline, use the tiny profile (`dvc repro --glob '*@tiny'` or `make demo`)."
+        ) from exc
+    return SourceData(_undecoded(dataset, f"hub data set {hub.path}"), "hub", hub.revision,
+                      {"path": hub.path, "split": hub.split})
+
+
+def _parquet_files(folder: Path, split: str) -> list[Path]:
+    files = sorted(folder.rglob("*.parquet"))
+    of_split = [f for f in files if f.name.startswith(f"{split}-") or f.name == f"{split}.parquet"]
+    return of_split or files
+
+
+def load_local(local: LocalSource) -> SourceData:
+    """A local copy with the hub's columns: save_to_disk folder, parquet file, or folder of parquet files.
+
+    >>> # load_local(LocalSource(path="/mirror/MathVista", split="testmini")).dataset.num_rows -> 1000
+    """
+    path = Path(str(local.path)).expanduser()
+    where = f"data.local.path {str(path)!r}"
+    if not path.exists():
+        raise DataSourceError(f"{where}: not found; give a datasets save_to_disk folder, a parquet file "
+                              "or a folder of parquet files with MathVista's columns")
+    is_saved = path.is_dir() and any((path / name).exists()
+                                     for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+    if is_saved:
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, DatasetDict):
+            if local.split not in loaded:
+                raise DataSourceError(f"{where}: a DatasetDict without the split {local.split!r} "
+                                      f"(has {', '.join(loaded)}); set data.local.split")
+            loaded = loaded[local.split]
+        dataset = loaded
+    else:
+        files = [path] if path.is_file() else _parquet_files(path, local.split)
+        if not files or any(f.suffix != ".parquet" for f in files):
+            raise DataSourceError(f"{where}: neither a save_to_disk folder nor parquet file(s)")
+        dataset = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    log.info("loaded %d rows from %s", dataset.num_rows, path)
+    return SourceData(_undecoded(dataset, where), "local", None, {"path": str(path), "split": local.split})
+
+
+def load_source(data: DataParams, seed: int) -> SourceData:
+    """The rows of the configured source (``data.source``)."""
+    if data.source == "offline":
+        assert data.offline is not None  # DataParams.validate guarantees the section
+        return load_offline(data.offline, seed)
+    if data.source == "hub":
+        assert data.hub is not None
+        return load_hub(data.hub)
+    assert data.local is not None
+    return load_local(data.local)

@@ -1,0 +1,89 @@
+"""Fetch (source -> transform -> split -> disk) and read the splits back.
+
+``fetch`` writes ``splits_dir/train`` and ``splits_dir/eval`` (``datasets.Dataset.save_to_disk``
+folders with :data:`vlrl.data.schema.SPLIT_FEATURES`) plus ``splits_dir/manifest.json``, all inside
+one :func:`vlrl.io.atomic_directory` (an interrupted run leaves the previous complete folder, or
+nothing, never a half-written one), then the manifest at ``manifest_path`` (written last).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+from datasets import Dataset
+
+from vlrl.config import PROFILES, DataParams
+from vlrl.data.manifest import build_manifest
+from vlrl.data.schema import SPLIT_FEATURES
+from vlrl.data.sources import load_source
+from vlrl.data.split import assign_eval
+from vlrl.data.transform import transform_rows
+from vlrl.io import atomic_directory, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "eval")
+
+
+class EmptySplitError(ValueError):
+    """A split would be empty (too few rows per stratum for the eval fraction)."""
+
+
+def _to_dataset(rows: list[dict[str, Any]]) -> Dataset:
+    return Dataset.from_list(rows, features=SPLIT_FEATURES)
+
+
+def fetch(data: DataParams, seed: int, splits_dir: Path, manifest_path: Path) -> dict[str, Any]:
+    """Load the source, run the transform, split, and write the splits and the manifest atomically.
+
+    Returns the manifest dict (see :mod:`vlrl.data.manifest`).
+
+    >>> # from vlrl.config import load_params; p = load_params()
+    >>> # fetch(p.profile("tiny").data, p.seed, Path("/tmp/s"), Path("/tmp/m.json"))["splits"]["eval"]["n"]
+    """
+    splits_dir, manifest_path = Path(splits_dir), Path(manifest_path)
+    source = load_source(data, seed)
+    result = transform_rows(source.dataset, data.image_size, data.min_image_side)
+    held_out = assign_eval([r["pid"] for r in result.rows],
+                           [(r["question_type"], r["answer_type"]) for r in result.rows],
+                           seed, data.eval_fraction)
+    train = [r for r in result.rows if r["pid"] not in held_out]
+    eval_ = [r for r in result.rows if r["pid"] in held_out]
+    for name, rows in (("train", train), ("eval", eval_)):
+        if not rows:
+            raise EmptySplitError(
+                f"data split: the {name} split would be empty ({len(result.rows)} rows kept, "
+                f"eval_fraction = {data.eval_fraction}); use more rows or another data.eval_fraction")
+    manifest = build_manifest(source=source.source, source_params=source.described, revision=source.revision,
+                              result=result, train=train, eval_=eval_, image_size=data.image_size,
+                              min_image_side=data.min_image_side, eval_fraction=data.eval_fraction, seed=seed)
+    with atomic_directory(splits_dir) as tmp:
+        for name, rows in (("train", train), ("eval", eval_)):
+            _to_dataset(rows).save_to_disk(str(tmp / name))
+        atomic_write_json(tmp / "manifest.json", manifest)
+    atomic_write_json(manifest_path, manifest)
+    log.info("fetch: %d rows in, %d kept -> train %d, eval %d (%s)", result.rows_in, len(result.rows),
+             len(train), len(eval_), splits_dir)
+    return manifest
+
+
+def _profile_hint(splits_dir: Path) -> str:
+    profile = splits_dir.parent.name if splits_dir.parent.name in PROFILES else "<profile>"
+    return f"run `dvc repro fetch@{profile}` (or `python stages/fetch.py --profile {profile} ...`) first"
+
+
+def load_split(splits_dir: Path, name: Literal["train", "eval"]) -> Dataset:
+    """One split as a ``datasets.Dataset`` (columns: :data:`vlrl.data.schema.SPLIT_FEATURES`).
+
+    >>> # load_split(Path("data/tiny/splits"), "eval")[0]["image"].size -> (64, 64)
+    """
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"split name {name!r}: allowed: {', '.join(SPLIT_NAMES)}")
+    splits_dir = Path(splits_dir)
+    folder = splits_dir / name
+    if not (folder / "state.json").is_file():
+        raise FileNotFoundError(f"{folder}: no {name} split here; {_profile_hint(splits_dir)}")
+    return datasets.load_from_disk(str(folder))
