@@ -62,3 +62,10 @@ def test_mcnemar_is_symmetric_and_a_probability(b, c):
     p = mcnemar_exact(b, c)
     assert p == mcnemar_exact(c, b)
     assert 0.0 < p <= 1.0 and not math.isnan(p)
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 1000])
+def test_wilson_bounds_are_exact_at_the_extremes(n):
+    # Rounding in the closed form gave 5.6e-17 instead of 0 at zero successes (found by hypothesis).
+    assert wilson_interval(0, n)[0] == 0.0
+    assert wilson_interval(n, n)[1] == 1.0

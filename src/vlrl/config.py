@@ -81,6 +81,12 @@ class GSPOParams:
     steps_per_generation: int | None
 
     def validate(self, key: str) -> None:
+        # The Literal types are checked when params.yaml is parsed; re-check here for objects built in code.
+        hints = typing.get_type_hints(GSPOParams)
+        for name in ("importance_sampling_level", "loss_type"):
+            allowed = typing.get_args(hints[name])
+            _require(getattr(self, name) in allowed, f"{key}.{name}", getattr(self, name),
+                     f"allowed: {', '.join(map(repr, allowed))}")
         _require(self.beta >= 0, f"{key}.beta", self.beta, "must be >= 0")
         _require(0 < self.epsilon < 1, f"{key}.epsilon", self.epsilon, "must be in (0, 1)")
         _require(self.epsilon_high is None or self.epsilon_high >= self.epsilon, f"{key}.epsilon_high",
@@ -241,9 +247,13 @@ class GenerationParams:
     max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
+    #: torch threads while generating on CPU (null = torch's default). Does not change greedy outputs.
+    cpu_threads: int | None = None
 
     def validate(self, key: str) -> None:
         _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be an integer >= 1")
+        _require(self.cpu_threads is None or self.cpu_threads >= 1, f"{key}.cpu_threads", self.cpu_threads,
+                 "must be null (torch's default) or an integer >= 1")
         _require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens,
                  "must be an integer >= 1")
         _require(math.isfinite(self.temperature) and self.temperature >= 0, f"{key}.temperature",
@@ -275,6 +285,9 @@ class TrainParams:
     temperature: float = 1.0
     save_steps: int = 10
     logging_steps: int = 1
+    #: torch CPU threads while training on CPU (null = torch's default). Fixing it also fixes the float
+    #: reduction order, so CPU results do not depend on the machine's core count.
+    cpu_threads: int | None = None
 
     def validate(self, key: str) -> None:
         _require(self.learning_rate > 0, f"{key}.learning_rate", self.learning_rate, "must be > 0")
@@ -296,6 +309,9 @@ class TrainParams:
         _require(self.temperature > 0, f"{key}.temperature", self.temperature,
                  "must be > 0 (RL needs sampled completions)")
         _require(self.save_steps >= 1, f"{key}.save_steps", self.save_steps, "must be >= 1")
+        _require(self.logging_steps >= 1, f"{key}.logging_steps", self.logging_steps, "must be >= 1")
+        _require(self.cpu_threads is None or self.cpu_threads >= 1, f"{key}.cpu_threads", self.cpu_threads,
+                 "must be null (torch's default) or >= 1")
 
 
 @dataclass(frozen=True)

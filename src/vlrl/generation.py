@@ -1,0 +1,234 @@
+"""Batched generation on the eval split: one record per example, written atomically.
+
+Why it looks like this:
+- LEFT padding: the reference's ``addCriterion`` gibberish has been tied to batched right-padded
+  inference (FACTS.md); with left padding every prompt ends where generation starts.
+- The prompt is the chat template applied to :func:`vlrl.prompts.build_prompt` (image first, then the
+  question and the format instruction), exactly what TRL feeds the policy in training.
+- Vision placeholders (``<|image_pad|>`` and friends) are suppressed: plain ``generate`` may emit
+  them, TRL suppresses them in training (FACTS.md).
+- Completions are decoded with ``skip_special_tokens=True``, as TRL does, so the rewards see the same
+  text in training and in evaluation (the tags are non-special tokens).
+- Restartability: the stage collects all records in memory and writes the JSONL once, atomically
+  (:func:`write_generations`); an interrupted run leaves no file, never a partial one that looks
+  complete. Re-running regenerates from the start (greedy decoding makes it reproducible).
+
+Record: ``{"pid", "completion", "prompt_tokens", "completion_tokens", "truncated"}`` where
+``truncated`` means the completion hit ``max_new_tokens`` without an end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib.metadata
+import logging
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vlrl.config import ConfigError, GenerationParams, ModelParams
+from vlrl.io import atomic_write_jsonl
+from vlrl.modeling import end_of_turn_ids, vision_token_ids
+from vlrl.prompts import build_prompt
+
+log = logging.getLogger(__name__)
+
+
+def check_generation_params(generation: GenerationParams, model: ModelParams,
+                            profile: str = "<profile>") -> None:
+    """Cross-checks no single config section can make; run BEFORE loading a model.
+
+    >>> from vlrl.config import GenerationParams, ModelParams
+    >>> check_generation_params(GenerationParams(16, 48), ModelParams("transformers", "m", None, False, 1024))
+    """
+    key = f"profiles.{profile}.generation"
+    if generation.max_new_tokens >= model.max_seq_length:
+        raise ConfigError(f"params.yaml: {key}.max_new_tokens = {generation.max_new_tokens}: must be "
+                          f"smaller than profiles.{profile}.model.max_seq_length ({model.max_seq_length}), "
+                          "which must also hold the prompt")
+    if generation.greedy and generation.top_p < 1.0:
+        raise ConfigError(f"params.yaml: {key}.top_p = {generation.top_p}: has no effect with "
+                          "temperature = 0 (greedy); set top_p: 1.0 or a temperature > 0")
+
+
+def check_prompt_lengths(prompt_tokens: Sequence[int], pids: Sequence[str], generation: GenerationParams,
+                         model: ModelParams, profile: str = "<profile>") -> None:
+    """Every prompt plus ``max_new_tokens`` must fit in ``max_seq_length``.
+
+    >>> from vlrl.config import GenerationParams, ModelParams
+    >>> model = ModelParams("transformers", "m", None, False, 64)
+    >>> check_prompt_lengths([10], ["1"], GenerationParams(1, 48), model)
+    """
+    worst = max(range(len(prompt_tokens)), key=lambda i: prompt_tokens[i], default=None)
+    if worst is not None and prompt_tokens[worst] + generation.max_new_tokens > model.max_seq_length:
+        raise ConfigError(
+            f"params.yaml: profiles.{profile}.generation.max_new_tokens = {generation.max_new_tokens}: the "
+            f"longest prompt (pid {pids[worst]}, {prompt_tokens[worst]} tokens) plus max_new_tokens exceeds "
+            f"profiles.{profile}.model.max_seq_length = {model.max_seq_length}; lower max_new_tokens or "
+            "raise max_seq_length")
+
+
+def prompt_texts(processor: Any, questions: Sequence[str], prompt_template: str) -> list[str]:
+    """Chat-templated prompt strings (generation prompt appended), one per question."""
+    return [processor.apply_chat_template(build_prompt(q, prompt_template), tokenize=False,
+                                          add_generation_prompt=True) for q in questions]
+
+
+def prompt_token_counts(processor: Any, dataset: Any, prompt_template: str) -> list[int]:
+    """Prompt length in tokens (image placeholders expanded) per example; cheap, no model needed."""
+    texts = prompt_texts(processor, list(dataset["question"]), prompt_template)
+    counts = []
+    for text, row in zip(texts, dataset, strict=True):
+        enc = processor(text=[text], images=[row["image"]], return_tensors="pt")
+        counts.append(int(enc["attention_mask"].sum()))
+    return counts
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_template: str,
+                         generation: GenerationParams, seed: int, progress: bool = True,
+                         profile: str = "<profile>") -> list[dict]:
+    """Generate one completion per dataset row, ``generation.batch_size`` at a time; records in row order.
+
+    Rows are batched in order of question length (ties by position): similar questions tend to get
+    completions of similar length, and a batch runs until its longest completion ends, so this
+    wastes fewer steps on finished rows (measured on the tiny profile: see benchmarks/). Greedy
+    results do not depend on the batching (tests/test_generation.py). Greedy when
+    ``temperature == 0``; otherwise sampled with ``temperature``/``top_p`` from torch's generator
+    seeded with ``seed + b`` for batch ``b``.
+
+    >>> # records = generate_completions(model, processor, load_split(splits, "eval"),
+    >>> #                                prompt_template=params.prompt.template,
+    >>> #                                generation=params.generation, seed=params.seed)
+    """
+    tokenizer = processor.tokenizer
+    suppress = vision_token_ids(processor)
+    eos_ids = end_of_turn_ids(processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    sampling: dict[str, Any] = {"do_sample": False} if generation.greedy else {
+        "do_sample": True, "temperature": generation.temperature, "top_p": generation.top_p, "top_k": 0}
+    # One explicit GenerationConfig (the model's, updated): generate() then skips rebuilding a default
+    # model config to look for legacy generation keys, ~12 ms per call, which dominated small batches.
+    config = copy.deepcopy(model.generation_config)
+    config.update(max_new_tokens=generation.max_new_tokens, suppress_tokens=suppress, eos_token_id=eos_ids,
+                  pad_token_id=pad_id, **sampling)
+    device = _model_device(model)
+    threads = generation.cpu_threads if device.type == "cpu" else None
+    questions = list(dataset["question"])
+    order = sorted(range(len(questions)), key=lambda i: (len(questions[i]), i))
+    records: list[dict] = [{}] * len(order)
+    bar = tqdm(total=len(order), desc="generate", unit="ex", disable=not progress)
+    with _torch_threads(threads), bar:
+        for b, start in enumerate(range(0, len(order), generation.batch_size)):
+            indices = order[start:start + generation.batch_size]
+            rows = dataset.select(indices)
+            texts = prompt_texts(processor, list(rows["question"]), prompt_template)
+            enc = processor(text=texts, images=list(rows["image"]), padding=True, padding_side="left",
+                            return_tensors="pt").to(device)
+            if not generation.greedy:
+                torch.manual_seed(seed + b)
+            try:
+                with torch.inference_mode():
+                    out = model.generate(**enc, generation_config=config)
+            except torch.OutOfMemoryError as exc:
+                raise RuntimeError(
+                    f"out of GPU memory generating a batch of {len(rows)}: lower "
+                    f"profiles.{profile}.generation.batch_size (now {generation.batch_size}) in params.yaml"
+                ) from exc
+            batch = _records(rows, enc, out, tokenizer, eos_ids, pad_id, generation.max_new_tokens)
+            for index, record in zip(indices, batch, strict=True):
+                records[index] = record
+            bar.update(len(rows))
+    return records
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """``n`` torch threads inside the block (None: torch's setting unchanged). On a small model two
+    threads gain little, and a busy neighbour process makes them wait on each other (params.yaml)."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _records(rows: Any, enc: Any, out: torch.Tensor, tokenizer: Any, eos_ids: list[int], pad_id: int,
+             max_new_tokens: int) -> list[dict]:
+    """Split generate()'s output into per-example records.
+
+    ``out``: (batch, prompt_len + new_len), left-padded prompts then the new tokens; after an eos,
+    generate() fills with ``pad_id``.
+    """
+    prompt_len = enc["input_ids"].shape[1]
+    new = out[:, prompt_len:].tolist()
+    prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+    records = []
+    for pid, ids, n_prompt in zip(rows["pid"], new, prompt_tokens, strict=True):
+        end = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+        kept = ids if end is None else ids[:end]
+        records.append({
+            "pid": str(pid),
+            "completion": tokenizer.decode(kept, skip_special_tokens=True),
+            "prompt_tokens": int(n_prompt),
+            # Count the eos token too: it is generated (as TRL counts completion length).
+            "completion_tokens": len(kept) + (0 if end is None else 1),
+            "truncated": end is None and len(kept) >= max_new_tokens,
+        })
+    return records
+
+
+def run_metadata(which: str, *, model: Any, pin: dict, adapter_dir: Path | None, generation: GenerationParams,
+                 records: Sequence[dict], wall_time_s: float) -> dict:
+    """What a generation run was (``<out>.meta.json``, read by the report): model pin, adapter,
+    device, generation params, library versions, git commit, and machine-dependent timing
+    (``wall_time_s``, ``samples_per_second``: ignored by the reproduction check).
+    """
+    versions = {}
+    for package in ("torch", "transformers", "peft", "tokenizers", "unsloth"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                check=False).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {
+        "which": which,
+        "model": pin,
+        "adapter": str(adapter_dir) if adapter_dir is not None else None,
+        "device": str(_model_device(model)),
+        "generation": dataclasses.asdict(generation),
+        "n": len(records),
+        "versions": versions,
+        "git_commit": commit,
+        "wall_time_s": round(wall_time_s, 3),
+        "samples_per_second": round(len(records) / wall_time_s, 3) if wall_time_s > 0 else None,
+    }
+
+
+def write_generations(records: list[dict], path: Path) -> Path:
+    """Write generation records as JSONL, atomically (never a partial file that looks complete).
+
+    >>> import tempfile
+    >>> p = write_generations([{"pid": "1", "completion": "x"}], Path(tempfile.mkdtemp()) / "g.jsonl")
+    >>> p.read_text()
+    '{"pid": "1", "completion": "x"}\\n'
+    """
+    return atomic_write_jsonl(path, records)

@@ -1,0 +1,73 @@
+"""Generate stage: batched completions on the held-out (eval) split, baseline or with an adapter.
+
+    python stages/generate.py --profile tiny --model-dir data/tiny/model --splits-dir data/tiny/splits \
+        --out data/tiny/generations/baseline.jsonl
+    python stages/generate.py --profile tiny --model-dir data/tiny/model --splits-dir data/tiny/splits \
+        --adapter data/tiny/adapter --out data/tiny/generations/post.jsonl
+
+Writes OUT (one JSON record per eval example, atomically at the end: an interrupted run leaves no
+file) and OUT with suffix ``.meta.json`` (model pin, adapter, device, library versions, timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from vlrl import modeling
+from vlrl.config import load_stage_params
+from vlrl.data import load_split
+from vlrl.generation import (
+    check_generation_params,
+    check_prompt_lengths,
+    generate_completions,
+    prompt_token_counts,
+    run_metadata,
+    write_generations,
+)
+from vlrl.io import atomic_write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--splits-dir", type=Path, required=True)
+    parser.add_argument("--adapter", type=Path, default=None, help="trained LoRA adapter (post evaluation)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    # ---- params, checked before any model loads ---------------------------------------------------
+    params = load_stage_params("generate", args.profile, args.params)
+    modeling.prepare_backend(params.model)  # Unsloth must be imported before transformers/peft
+    check_generation_params(params.generation, params.model, args.profile)
+
+    # ---- data and prompt lengths (processor only) -----------------------------------------------
+    eval_split = load_split(args.splits_dir, "eval")
+    processor = modeling.load_processor(params.model, args.model_dir)
+    check_prompt_lengths(prompt_token_counts(processor, eval_split, params.prompt.template),
+                         list(eval_split["pid"]), params.generation, params.model, args.profile)
+
+    # ---- model and generation --------------------------------------------------------------------
+    model, processor = modeling.load_model_and_processor(params.model, args.model_dir,
+                                                         adapter_dir=args.adapter)
+    started = time.perf_counter()
+    records = generate_completions(model, processor, eval_split, prompt_template=params.prompt.template,
+                                   generation=params.generation, seed=params.seed, profile=args.profile)
+    wall_time_s = time.perf_counter() - started
+
+    # ---- outputs (atomic) --------------------------------------------------------------------------
+    write_generations(records, args.out)
+    atomic_write_json(args.out.with_suffix(".meta.json"), run_metadata(
+        args.out.stem, model=model, pin=modeling.model_pin(args.model_dir), adapter_dir=args.adapter,
+        generation=params.generation, records=records, wall_time_s=wall_time_s))
+    print(f"generations: {len(records)} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Score stage: rewards and accuracy verdicts per example, plus the flat metrics JSON.
+
+    python stages/score.py --profile tiny --generations data/tiny/generations/baseline.jsonl \
+        --splits-dir data/tiny/splits --per-example data/tiny/scored/baseline.jsonl \
+        --metrics metrics/tiny/baseline.json
+
+Cheap on purpose: a reward-weight or reward-code change re-scores cached completions in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from vlrl.config import load_stage_params
+from vlrl.data import load_split
+from vlrl.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from vlrl.scoring import score_generations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--generations", type=Path, required=True)
+    parser.add_argument("--splits-dir", type=Path, required=True)
+    parser.add_argument("--per-example", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = load_stage_params("score", args.profile, args.params)
+    generations = read_jsonl(args.generations)
+    eval_split = load_split(args.splits_dir, "eval")
+
+    records, metrics = score_generations(generations, eval_split, params.rewards)
+
+    atomic_write_jsonl(args.per_example, records)
+    atomic_write_json(args.metrics, metrics)
+    print(f"scored {metrics['n']}: format_compliance {metrics['format_compliance']:.3f}, "
+          f"accuracy_strict {metrics['accuracy_strict']:.3f} -> {args.metrics}")
+
+
+if __name__ == "__main__":
+    main()
