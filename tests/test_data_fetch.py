@@ -306,3 +306,16 @@ def test_stage_script_runs_from_the_repo_root(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "m.json").read_text())
     assert (manifest["source"], manifest["rows_in"]) == ("offline", 60)
+
+
+def test_loaded_split_never_writes_into_the_split_folder(tmp_path):
+    # A cache-*.arrow file written by .map() into data/<p>/splits made DVC re-run every stage after fetch.
+    from vlrl.config import DataParams, OfflineSource
+    from vlrl.data import fetch, load_split
+
+    data = DataParams(source="offline", image_size=32, eval_fraction=0.3, offline=OfflineSource(n_items=40))
+    fetch(data, 1, tmp_path / "splits", tmp_path / "manifest.json")
+    before = sorted(p.name for p in (tmp_path / "splits").rglob("*"))
+    split = load_split(tmp_path / "splits", "train")
+    split.map(lambda row: {"n": len(row["question"])}).filter(lambda row: row["n"] > 0)
+    assert sorted(p.name for p in (tmp_path / "splits").rglob("*")) == before

@@ -420,11 +420,11 @@ def parse_params(raw: dict[str, Any]) -> Params:
     for name in params.profiles:
         _require(name in PROFILES, f"profiles.{name}", name, f"allowed profiles: {', '.join(PROFILES)}")
     for name, profile in params.profiles.items():
-        _check_profile(name, profile, params.gspo)
+        check_profile(name, profile, params.gspo)
     return params
 
 
-def _check_profile(name: str, profile: ProfileParams, gspo: GSPOParams) -> None:
+def check_profile(name: str, profile: ProfileParams, gspo: GSPOParams) -> None:
     """Cross-section rules that no single section can check alone (before any model loads)."""
     train = profile.train
     key = f"profiles.{name}.train"

@@ -164,8 +164,12 @@ def excerpt(text: str | None, limit: int) -> str:
     """
     flat = " ".join((text or "").split())
     flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
-    # Escape what Markdown would swallow: "<SOLUTION>" renders as an (invisible) HTML tag.
-    return flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return md_escape(flat)
+
+
+def md_escape(text: str) -> str:
+    """Escape what Markdown would swallow: "<SOLUTION>" renders as an (invisible) HTML tag."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,7 +382,7 @@ def build_report(inputs: ReportInputs, params: ReportParams, out_dir: Path) -> P
     md.append("## Environment\n")
     md.append(_environment_section(manifest, metas, train) + "\n")
     md.append("## Metric glossary\n")
-    md.append("\n".join(f"- `{k}`: {v}" for k, v in METRIC_DEFINITIONS.items()) + "\n")
+    md.append("\n".join(f"- `{k}`: {md_escape(v)}" for k, v in METRIC_DEFINITIONS.items()) + "\n")
     path = atomic_write_text(out_dir / "report.md", "\n".join(md))
     log.info("wrote %s", path)
     return path

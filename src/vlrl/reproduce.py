@@ -21,6 +21,8 @@ from typing import Any
 MACHINE_DEPENDENT_KEYS = frozenset({
     "wall_time_s", "seconds_per_step", "peak_rss_mb", "peak_gpu_mem_mb", "tokens_per_second",
     "resume_seconds", "examples_per_second", "samples_per_second",
+    # a run resumed after an interruption ends with the same results; only this records the resume
+    "resumed_from_step",
 })
 
 

@@ -86,4 +86,7 @@ def load_split(splits_dir: Path, name: Literal["train", "eval"]) -> Dataset:
     folder = splits_dir / name
     if not (folder / "state.json").is_file():
         raise FileNotFoundError(f"{folder}: no {name} split here; {_profile_hint(splits_dir)}")
-    return datasets.load_from_disk(str(folder))
+    # In memory, so that .map()/.filter() downstream never write cache-*.arrow files into the split
+    # folder: that folder is the fetch stage's DVC output, and any new file in it makes DVC see the
+    # data as modified and re-run every stage after fetch.
+    return datasets.load_from_disk(str(folder), keep_in_memory=True)
