@@ -139,6 +139,7 @@ def test_script_loads_the_view_of_its_kind(name):
     stage = _stages()[name]["do"]
     script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
     tree = ast.parse((ROOT / script).read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "load_stage_params"]
+    calls = [n for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "load_stage_params"]
     assert calls, f"{script} does not call load_stage_params"
     assert {c.args[0].value for c in calls} == {STAGE_KIND[name]}

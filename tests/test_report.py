@@ -78,7 +78,8 @@ def test_report_states_intervals_tests_gap_flips_and_policy(report_inputs, tmp_p
     assert "**0** of 10 before, **1** of 10 after" in text, "the 991.0 gap counts numeric-only answers"
     assert "mathematically a GRPO run" in text, "on-policy statement"
     assert "(6 improved, 1 regressed)" in text
-    assert text.count("after 0") == 1 and "after 5" not in text and "&lt;SOLUTION&gt;after 0" in text, "flip tables respect flip_examples"
+    assert text.count("after 0") == 1 and "after 5" not in text, "flip tables respect flip_examples"
+    assert "&lt;SOLUTION&gt;after 0" in text, "tags in excerpts are escaped, not swallowed as HTML"
     assert (tmp_path / "out" / "before_after.png").stat().st_size > 1000
     assert (tmp_path / "out" / "train_reward.png").stat().st_size > 1000
 

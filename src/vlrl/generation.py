@@ -19,13 +19,12 @@ Record: ``{"pid", "completion", "prompt_tokens", "completion_tokens", "truncated
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import importlib.metadata
 import logging
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from vlrl.config import ConfigError, GenerationParams, ModelParams
 from vlrl.io import atomic_write_jsonl
-from vlrl.modeling import end_of_turn_ids, vision_token_ids
+from vlrl.modeling import end_of_turn_ids, torch_threads, vision_token_ids
 from vlrl.prompts import build_prompt
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
     order = sorted(range(len(questions)), key=lambda i: (len(questions[i]), i))
     records: list[dict] = [{}] * len(order)
     bar = tqdm(total=len(order), desc="generate", unit="ex", disable=not progress)
-    with _torch_threads(threads), bar:
+    with torch_threads(threads), bar:
         for b, start in enumerate(range(0, len(order), generation.batch_size)):
             indices = order[start:start + generation.batch_size]
             rows = dataset.select(indices)
@@ -152,19 +151,6 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
                 records[index] = record
             bar.update(len(rows))
     return records
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """``n`` torch threads inside the block (None: torch's setting unchanged). On a small model two
-    threads gain little, and a busy neighbour process makes them wait on each other (params.yaml)."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _records(rows: Any, enc: Any, out: torch.Tensor, tokenizer: Any, eos_ids: list[int], pad_id: int,

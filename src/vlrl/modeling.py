@@ -30,12 +30,14 @@ return the bare tokenizer (FACTS.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -458,3 +460,27 @@ def _load_adapter(net: Any, adapter_dir: Path) -> Any:
         raise AdapterError(f"{adapter_dir}: the adapter could not be loaded onto the base model "
                            f"({type(exc).__name__}: {exc}); it is corrupt or was trained on another "
                            "model: re-run the train stage") from exc
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads and restore the previous count (None: no change).
+
+    CPU runs pin the count (``cpu_threads`` in params.yaml): results then do not depend on the core
+    count (reduction order), and on a small model two threads gain little while a busy neighbour
+    process makes them wait on each other (about 10x slower steps, measured on 2 cores).
+
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -27,14 +27,13 @@ still change the last bits of the weights.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from vlrl.modeling import (
     END_OF_TURN_TOKENS,
     KIND_BUILT,
     image_only_processor_class,
+    torch_threads,
     write_pin,
 )
 from vlrl.prompts import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START, TAGS, build_prompt
@@ -319,22 +319,12 @@ def warm_start(model_dir: Path, train_split: Any, prompt_template: str, build: T
 
     >>> # summary = warm_start(Path("data/tiny/model"), load_split(splits, "train"), template, build, 3407)
     """
-    with _torch_threads(WARM_START_THREADS):
+    with torch_threads(WARM_START_THREADS):
         return _warm_start(Path(model_dir), train_split, prompt_template, build, seed)
 
 
 #: Torch threads used by the warm start (see the module docstring on determinism).
 WARM_START_THREADS = 1
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _warm_start(model_dir: Path, train_split: Any, prompt_template: str, build: TinyModelBuild,

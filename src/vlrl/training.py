@@ -41,7 +41,6 @@ Import order: this module imports trl/transformers; on the unsloth backend call
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import functools
@@ -56,7 +55,7 @@ import shutil
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ from vlrl import config as config_module
 from vlrl.config import ConfigError, GSPOParams, LoraParams, ModelParams, RewardParams, TrainParams
 from vlrl.generation import prompt_token_counts
 from vlrl.io import atomic_directory, atomic_write_json, atomic_write_text, read_json
-from vlrl.modeling import load_model_and_processor, load_processor, model_pin, resolve_device
+from vlrl.modeling import load_model_and_processor, load_processor, model_pin, resolve_device, torch_threads
 from vlrl.prompts import build_prompt
 from vlrl.rewards import MAX_FORMAT_REWARD, build_reward_functions
 
@@ -687,7 +686,7 @@ def train_on_split(settings: TrainSettings, train_split: Any, *, model_dir: Path
                     shutil.copy2(resume / name, tmp / name)
         history, global_step, wall_time_s = finished["log_history"], finished["global_step"], 0.0
     else:
-        with cpu_threads(settings.train.cpu_threads if resolve_device(settings.model) == "cpu" else None):
+        with torch_threads(settings.train.cpu_threads if resolve_device(settings.model) == "cpu" else None):
             trainer, guard = _trainer(settings, model_dir, dataset, checkpoints_dir, curves_dir,
                                       extra_callbacks)
             started = time.perf_counter()
@@ -713,28 +712,6 @@ def train_on_split(settings: TrainSettings, train_split: Any, *, model_dir: Path
                             resumed_from_step=resumed_from_step)
     atomic_write_json(metrics_path, metrics)
     return metrics
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)`` and restore the previous count (None: no change).
-
-    >>> before = torch.get_num_threads()
-    >>> with cpu_threads(1):
-    ...     torch.get_num_threads()
-    1
-    >>> torch.get_num_threads() == before
-    True
-    """
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _finished_state(checkpoint: Path | None) -> dict | None:
