@@ -28,7 +28,7 @@ from tabulate import tabulate
 
 from vlrl.config import ReportParams
 from vlrl.io import atomic_write_text, read_json, read_jsonl
-from vlrl.stats import Z_95, mcnemar_exact, wilson_interval
+from vlrl.stats import Z_95, mcnemar_exact
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +182,10 @@ def _pct(x: float | None) -> str:
 
 
 def _rate_cell(metrics: dict, key: str) -> str:
-    value = metrics.get(key)
-    lo, hi = metrics.get(f"{key}_ci95_low"), metrics.get(f"{key}_ci95_high")
-    if value is None:
+    """The rate with the Wilson interval the score stage wrote next to it (vlrl.scoring)."""
+    if metrics.get(key) is None:
         return "n/a"
-    if lo is None or hi is None:  # older metric files: recompute from n
-        lo, hi = wilson_interval(round(value * metrics["n"]), metrics["n"])
-    return f"{_pct(value)} [{_pct(lo)}, {_pct(hi)}]"
+    return f"{_pct(metrics[key])} [{_pct(metrics[f'{key}_ci95_low'])}, {_pct(metrics[f'{key}_ci95_high'])}]"
 
 
 def _mean_cell(values: list[float]) -> str:
@@ -270,8 +267,8 @@ def _plot_before_after(base_m: dict, post_m: dict, path: Path) -> None:
                                                       (post_m, "after GSPO", "#1f77b4"))):
         xs = [i + (offset - 0.5) * width for i in range(len(keys))]
         values = [metrics[k] for k, _ in keys]
-        lows = [metrics[k] - metrics.get(f"{k}_ci95_low", metrics[k]) for k, _ in keys]
-        highs = [metrics.get(f"{k}_ci95_high", metrics[k]) - metrics[k] for k, _ in keys]
+        lows = [metrics[k] - metrics[f"{k}_ci95_low"] for k, _ in keys]
+        highs = [metrics[f"{k}_ci95_high"] - metrics[k] for k, _ in keys]
         ax.bar(xs, values, width, label=name, color=colour, yerr=[lows, highs], capsize=3)
     ax.set_xticks(range(len(keys)), [label.replace(" (", "\n(") for _, label in keys], fontsize=8)
     ax.set_ylim(0, 1)
