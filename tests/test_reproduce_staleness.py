@@ -52,3 +52,11 @@ TRACKED = {"params.yaml", "src/vlrl/rewards.py", "stages/score.py"}
 )
 def test_stale_findings(status, expected):
     assert stale_findings(status, "tiny", TRACKED) == expected
+
+
+def test_staleness_without_dvc_says_what_to_do(monkeypatch, capsys):
+    from vlrl import staleness
+
+    monkeypatch.setenv("PATH", "")
+    assert staleness.main([]) == 2
+    assert "`dvc` command is not on PATH" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="fail when dvc.lock is stale for the committed profile")
     parser.add_argument("--profile", default="tiny")
     args = parser.parse_args(argv)
+    if shutil.which("dvc") is None:
+        print("staleness: the `dvc` command is not on PATH; install it (make install) or activate .venv",
+              file=sys.stderr)
+        return 2
     stages = subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True, text=True, check=True)
     targets = [s for s in stages.stdout.split() if s.endswith(f"@{args.profile}")]
     result = subprocess.run(["dvc", "status", "--json", *targets], capture_output=True, text=True)
