@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vlrl.config import load_params
-from vlrl.data import fetch, load_split
+from vlrl.data import fetch_splits, load_split
 from vlrl.generation import generate_completions
 from vlrl.modeling import load_model_and_processor
 from vlrl.scoring import score_generations
@@ -39,7 +39,7 @@ def _inputs(params, workdir: Path) -> tuple[Path, Path]:
         return splits, model_dir
     profile = params.profile("tiny")
     splits, model_dir = workdir / "splits", workdir / "model"
-    fetch(profile.data, params.seed, splits, workdir / "manifest.json")
+    fetch_splits(profile.data, params.seed, splits, workdir / "manifest.json")
     build_and_warm_start(profile.model, params.prompt.template, load_split(splits, "train"), params.seed,
                          model_dir)
     return splits, model_dir

@@ -9,26 +9,21 @@ metrics: rows after each step, dropped rows with reasons, per-split counts and p
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 from vlrl.config import load_stage_params
-from vlrl.data import fetch
+from vlrl.data import fetch_splits
+from vlrl.entry import run_stage, stage_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__)
     parser.add_argument("--splits-dir", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_stage_params("fetch", args.profile, args.params)
-    manifest = fetch(params.data, params.seed, args.splits_dir, args.manifest)
+    manifest = fetch_splits(params.data, params.seed, args.splits_dir, args.manifest)
 
     splits = manifest["splits"]
     print(f"fetch ({manifest['source']}): {manifest['rows_in']} rows in, train {splits['train']['n']}, "
@@ -36,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

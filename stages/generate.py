@@ -11,41 +11,28 @@ file) and OUT with suffix ``.meta.json`` (model pin, adapter, device, library ve
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
 from pathlib import Path
 
 from vlrl import modeling
 from vlrl.config import load_stage_params
 from vlrl.data import load_split
-from vlrl.generation import (
-    check_generation_params,
-    check_prompt_lengths,
-    generate_completions,
-    prompt_token_counts,
-    run_metadata,
-    write_generations,
-)
-from vlrl.io import atomic_write_json
+from vlrl.entry import run_stage, stage_parser
+from vlrl.generation import check_prompt_lengths, generate_completions, prompt_token_counts, run_metadata
+from vlrl.io import atomic_write_json, atomic_write_jsonl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--splits-dir", type=Path, required=True)
     parser.add_argument("--adapter", type=Path, default=None, help="trained LoRA adapter (post evaluation)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    # ---- params, checked before any model loads ---------------------------------------------------
+    # ---- params (validated at load), backend first ------------------------------------------------
     params = load_stage_params("generate", args.profile, args.params)
     modeling.prepare_backend(params.model)  # Unsloth must be imported before transformers/peft
-    check_generation_params(params.generation, params.model, args.profile)
 
     # ---- data and prompt lengths (processor only) -----------------------------------------------
     eval_split = load_split(args.splits_dir, "eval")
@@ -62,7 +49,7 @@ def main() -> None:
     wall_time_s = time.perf_counter() - started
 
     # ---- outputs (atomic) --------------------------------------------------------------------------
-    write_generations(records, args.out)
+    atomic_write_jsonl(args.out, records)
     atomic_write_json(args.out.with_suffix(".meta.json"), run_metadata(
         args.out.stem, model=model, pin=modeling.model_pin(args.model_dir), adapter_dir=args.adapter,
         generation=params.generation, records=records, wall_time_s=wall_time_s))
@@ -70,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

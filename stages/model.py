@@ -10,12 +10,12 @@ split (vlrl.tiny_model); the folder is written atomically. full: only ``model_pi
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from vlrl.config import load_stage_params
 from vlrl.data import load_split
+from vlrl.entry import run_stage, stage_parser
 from vlrl.io import atomic_directory
 from vlrl.modeling import KIND_HUB, write_pin
 from vlrl.tiny_model import build_and_warm_start
@@ -24,14 +24,10 @@ log = logging.getLogger("stages.model")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__)
     parser.add_argument("--splits-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     # ---- params --------------------------------------------------------------------------------
     params = load_stage_params("model", args.profile, args.params)
@@ -52,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -8,24 +8,20 @@ Reads only metric and per-example files (see vlrl.report).
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 from vlrl.config import load_stage_params
+from vlrl.entry import run_stage, stage_parser
 from vlrl.report import ReportInputs, build_report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__)
     parser.add_argument("--metrics-dir", type=Path, required=True)
     parser.add_argument("--scored-dir", type=Path, required=True)
     parser.add_argument("--generations-dir", type=Path, required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_stage_params("report", args.profile, args.params)
     inputs = ReportInputs(
@@ -44,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

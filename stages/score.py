@@ -9,27 +9,22 @@ Cheap on purpose: a reward-weight or reward-code change re-scores cached complet
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 from vlrl.config import load_stage_params
 from vlrl.data import load_split
+from vlrl.entry import run_stage, stage_parser
 from vlrl.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from vlrl.scoring import score_generations
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__)
     parser.add_argument("--generations", type=Path, required=True)
     parser.add_argument("--splits-dir", type=Path, required=True)
     parser.add_argument("--per-example", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_stage_params("score", args.profile, args.params)
     generations = read_jsonl(args.generations)
@@ -44,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

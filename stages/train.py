@@ -12,20 +12,16 @@ Exit status 1 with a message, and no adapter, when the loss or the weights becom
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
 from pathlib import Path
 
 from vlrl import modeling
 from vlrl.config import load_stage_params
+from vlrl.data import load_split
+from vlrl.entry import run_stage, stage_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--splits-dir", type=Path, required=True)
     parser.add_argument("--adapter-dir", type=Path, required=True)
@@ -33,24 +29,20 @@ def main() -> None:
     parser.add_argument("--curves-dir", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    # ---- params, checked before any model loads ---------------------------------------------------
+    # ---- params (validated at load), backend first ------------------------------------------------
     params = load_stage_params("train", args.profile, args.params)
     modeling.prepare_backend(params.model)  # Unsloth must be imported before trl/transformers/peft
-    from vlrl import training  # noqa: PLC0415 - imports trl: only after prepare_backend (modeling docs)
+    from vlrl import training  # noqa: PLC0415 - imports trl: only after prepare_backend (vlrl.modeling)
 
     # ---- train, checkpoint, write adapter + curves + metrics ---------------------------------------
-    try:
-        metrics = training.train(params, model_dir=args.model_dir, splits_dir=args.splits_dir,
-                                 adapter_dir=args.adapter_dir, checkpoints_dir=args.checkpoints_dir,
-                                 curves_dir=args.curves_dir, metrics_path=args.metrics)
-    except training.TrainingDivergedError as exc:
-        sys.exit(f"train: {exc}")
+    metrics = training.train(params, load_split(args.splits_dir, "train"), model_dir=args.model_dir,
+                             adapter_dir=args.adapter_dir, checkpoints_dir=args.checkpoints_dir,
+                             curves_dir=args.curves_dir, metrics_path=args.metrics)
     print(f"train: {metrics['steps']} steps, reward {metrics['reward_mean_first_tenth']} -> "
           f"{metrics['reward_mean_last_tenth']}, format rate {metrics['format_rate_first_tenth']} -> "
           f"{metrics['format_rate_last_tenth']}, off-policy {metrics['off_policy']} -> {args.adapter_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,8 +1,7 @@
 """Shared fixtures: the tiny profile's splits and a warm-started tiny Qwen3-VL, built once per session.
 
-- ``tiny_params``: params.yaml, validated.
-- ``tiny_splits``: ``vlrl.data.fetch`` on the tiny profile into a temporary folder (skipped while
-  ``vlrl.data`` does not exist).
+- ``tiny_params``: the fixture copy of params.yaml (tests/helpers.py), validated.
+- ``tiny_splits``: ``vlrl.data.fetch_splits`` on the tiny profile into a temporary folder.
 - ``tiny_model_dir``: the model stage's output for the tiny profile (built + warm-started, pinned).
 - ``handmade_split``: a few MathVista-format rows built by hand (no vlrl.data needed).
 """
@@ -16,22 +15,21 @@ import datasets
 import pytest
 from PIL import Image, ImageDraw
 
-from vlrl.config import Params, load_params
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import fixture_params
+from vlrl.config import Params
+from vlrl.data import fetch_splits
 
 
 @pytest.fixture(scope="session")
 def tiny_params() -> Params:
-    return load_params(ROOT / "params.yaml")
+    return fixture_params()
 
 
 @pytest.fixture(scope="session")
 def tiny_splits(tiny_params: Params, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = pytest.importorskip("vlrl.data", reason="vlrl.data (issue 3) is not there yet")
     root = tmp_path_factory.mktemp("tiny_data")
     splits = root / "splits"
-    data.fetch(tiny_params.profile("tiny").data, tiny_params.seed, splits, root / "manifest.json")
+    fetch_splits(tiny_params.profile("tiny").data, tiny_params.seed, splits, root / "manifest.json")
     return splits
 
 

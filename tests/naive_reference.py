@@ -6,8 +6,9 @@ patterns on every call. It is quadratic on degenerate inputs, which is the point
 check that ``vlrl.rewards`` and ``vlrl.answers`` give exactly the same results, and
 ``benchmarks/bench_rewards.py`` times both.
 
-The numeric (1.5) criterion is the one FACTS.md describes: both the SOLUTION content and the gold parse
-with ``float()`` as finite numbers and are equal; ``rel_tol=0`` is plain float equality.
+The numeric (1.5) criterion is the one docs/reference-experiment.md describes: both the SOLUTION
+content and the gold parse with ``float()`` as finite numbers and are equal; ``rel_tol=0`` is plain
+float equality.
 """
 
 from __future__ import annotations

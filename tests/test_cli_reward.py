@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import FIXTURE_PARAMS, ROOT
 from vlrl.cli import main
 from vlrl.rewards import PRESETS
 
-REPO = Path(__file__).resolve().parents[1]
-PARAMS = REPO / "params.yaml"
+REPO = ROOT
+PARAMS = FIXTURE_PARAMS
 VLRL = Path(sys.executable).parent / "vlrl"
 GOOD = "<REASONING>The bar reads 991.</REASONING>\n<SOLUTION>991</SOLUTION>"
 
@@ -162,7 +163,7 @@ def test_console_script(tmp_path):
 
 
 def test_explain_metrics_lists_every_metric_key_of_the_design(capsys):
-    # DESIGN.md "Interfaces": the keys every metrics file must carry.
+    # docs/design.md, "Interfaces": the keys every metrics file must carry.
     assert main(["explain-metrics"]) == 0
     out = capsys.readouterr().out
     for key in ("n", "format_compliance", "accuracy_strict", "accuracy_numeric", "accuracy_mathvista",

@@ -18,13 +18,13 @@ import pytest
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
+from helpers import FIXTURE_PARAMS, ROOT
 from vlrl.config import DataParams, HubSource, LocalSource, OfflineSource
-from vlrl.data import fetch, load_split
+from vlrl.data import fetch_splits, load_split
 from vlrl.data.cli import main as cli_main
 from vlrl.data.schema import HUB_FEATURES, SPLIT_FEATURES, mathvista_query
 from vlrl.data.sources import DataSourceError
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 3407
 
 
@@ -84,7 +84,7 @@ def pids(splits: Path, name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("offline")
-    manifest = fetch(OFFLINE, SEED, root / "splits", root / "manifest.json")
+    manifest = fetch_splits(OFFLINE, SEED, root / "splits", root / "manifest.json")
     return root, manifest
 
 
@@ -107,7 +107,7 @@ def test_split_rows_have_the_documented_schema(offline_run) -> None:
 
 def test_offline_fetch_is_byte_identical_across_runs(offline_run, tmp_path) -> None:
     root, manifest = offline_run
-    assert fetch(OFFLINE, SEED, tmp_path / "splits", tmp_path / "m.json") == manifest
+    assert fetch_splits(OFFLINE, SEED, tmp_path / "splits", tmp_path / "m.json") == manifest
     for name in ("train", "eval"):
         for f in sorted((root / "splits" / name).iterdir()):
             assert f.read_bytes() == (tmp_path / "splits" / name / f.name).read_bytes(), f
@@ -122,7 +122,7 @@ def test_hub_path_without_network_uses_the_same_transform(monkeypatch, tmp_path)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     hub = HubSource(path="AI4Math/MathVista", split="testmini", revision="abc123")
-    manifest = fetch(full_like("hub", hub=hub), SEED, tmp_path / "splits", tmp_path / "m.json")
+    manifest = fetch_splits(full_like("hub", hub=hub), SEED, tmp_path / "splits", tmp_path / "m.json")
     # 60 rows: kinds 3 (text) and 5 (list) fail float() -> 40 kept, like testmini's filter.
     assert (calls, manifest["source"], manifest["revision"], manifest["rows_in"],
             manifest["rows_after_numeric_answer"], manifest["dropped"]["non_numeric_answer"]) == (
@@ -154,11 +154,11 @@ def test_local_mirror_gives_the_same_splits_as_the_hub(layout, monkeypatch, tmp_
         ds.to_parquet(str(mirror / "data" / "testmini-00000-of-00001.parquet"))
         ds.select(range(3)).to_parquet(str(mirror / "data" / "test-00000-of-00001.parquet"))
     local = full_like("local", local=LocalSource(path=str(mirror)))
-    manifest = fetch(local, SEED, tmp_path / "splits", tmp_path / "m.json")
+    manifest = fetch_splits(local, SEED, tmp_path / "splits", tmp_path / "m.json")
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub_like())
     hub = full_like("hub", hub=HubSource(path="AI4Math/MathVista", split="testmini", revision="x"))
-    from_hub = fetch(hub, SEED, tmp_path / "hub_splits", tmp_path / "hub.json")
+    from_hub = fetch_splits(hub, SEED, tmp_path / "hub_splits", tmp_path / "hub.json")
     assert (manifest["splits"], manifest["source_fingerprint"]) == (
         from_hub["splits"], from_hub["source_fingerprint"])
 
@@ -170,7 +170,7 @@ def test_hub_without_network_says_what_failed_and_how_to_proceed(monkeypatch, tm
     monkeypatch.setattr(datasets, "load_dataset", offline)
     hub = full_like("hub", hub=HubSource(path="AI4Math/MathVista", split="testmini", revision="2b6ad69"))
     with pytest.raises(DataSourceError) as error:
-        fetch(hub, SEED, tmp_path / "splits", tmp_path / "m.json")
+        fetch_splits(hub, SEED, tmp_path / "splits", tmp_path / "m.json")
     message = str(error.value)
     for needed in ("'AI4Math/MathVista'", "'testmini'", "'2b6ad69'", "HF_HUB_OFFLINE", "data.source: local",
                    "tiny profile"):
@@ -191,7 +191,7 @@ def test_bad_local_mirror_errors_name_the_path(make, match, tmp_path) -> None:
     mirror = tmp_path / "mirror"
     make(mirror)
     with pytest.raises(DataSourceError, match=match) as error:
-        fetch(full_like("local", local=LocalSource(path=str(mirror))), SEED, tmp_path / "s",
+        fetch_splits(full_like("local", local=LocalSource(path=str(mirror))), SEED, tmp_path / "s",
               tmp_path / "m.json")
     assert str(mirror) in str(error.value)
 
@@ -199,7 +199,7 @@ def test_bad_local_mirror_errors_name_the_path(make, match, tmp_path) -> None:
 def test_too_few_rows_for_a_split_is_a_clear_error(tmp_path) -> None:
     tiny = dataclasses.replace(OFFLINE, offline=OfflineSource(n_items=10, canvas_px=48), eval_fraction=0.05)
     with pytest.raises(ValueError, match="the eval split would be empty"):
-        fetch(tiny, SEED, tmp_path / "splits", tmp_path / "m.json")
+        fetch_splits(tiny, SEED, tmp_path / "splits", tmp_path / "m.json")
 
 
 def test_load_split_missing_says_which_stage_to_run(tmp_path) -> None:
@@ -218,7 +218,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_exception_mid_write_keeps_previous_output_intact(monkeypatch, tmp_path) -> None:
     splits, manifest = tmp_path / "splits", tmp_path / "manifest.json"
-    fetch(OFFLINE, SEED, splits, manifest)
+    fetch_splits(OFFLINE, SEED, splits, manifest)
     before, manifest_before = _snapshot(splits), manifest.read_bytes()
     original = Dataset.save_to_disk
     written = []
@@ -232,7 +232,7 @@ def test_exception_mid_write_keeps_previous_output_intact(monkeypatch, tmp_path)
     monkeypatch.setattr(Dataset, "save_to_disk", fail_on_second)
     other_split = dataclasses.replace(OFFLINE, eval_fraction=0.5)
     with pytest.raises(RuntimeError, match="interrupted"):
-        fetch(other_split, SEED, splits, manifest)
+        fetch_splits(other_split, SEED, splits, manifest)
     assert (_snapshot(splits), manifest.read_bytes()) == (before, manifest_before)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temp folder removed
 
@@ -242,7 +242,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from datasets import Dataset
     from vlrl.config import DataParams, OfflineSource
-    from vlrl.data import fetch
+    from vlrl.data import fetch_splits
 
     original = Dataset.save_to_disk
     def kill_after_train(self, path, *args, **kwargs):
@@ -251,7 +251,7 @@ KILL_SCRIPT = textwrap.dedent("""
     Dataset.save_to_disk = kill_after_train
     data = DataParams(source="offline", image_size=32, eval_fraction=0.3, min_image_side=8,
                       offline=OfflineSource(n_items=40, canvas_px=48))
-    fetch(data, 3407, Path(sys.argv[1]), Path(sys.argv[2]))
+    fetch_splits(data, 3407, Path(sys.argv[1]), Path(sys.argv[2]))
 """)
 
 
@@ -269,7 +269,7 @@ def test_sigkill_mid_write_leaves_no_valid_looking_split(tmp_path) -> None:
 
 def test_sigkill_mid_rewrite_keeps_the_previous_complete_split(tmp_path) -> None:
     splits, manifest = tmp_path / "splits", tmp_path / "manifest.json"
-    previous = fetch(OFFLINE, SEED, splits, manifest)
+    previous = fetch_splits(OFFLINE, SEED, splits, manifest)
     before = _snapshot(splits)
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(splits), str(manifest)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -288,7 +288,7 @@ def test_local_mirror_one_liner(tmp_path) -> None:
     hub_like().save_to_disk(str(mirror))
     code = cli_main(["--local", str(mirror), "--splits-dir", str(tmp_path / "s"), "--manifest",
                      str(tmp_path / "m.json"), "--image-size", "40", "--eval-fraction", "0.5", "--seed", "7",
-                     "--params", str(ROOT / "params.yaml")])
+                     "--params", str(FIXTURE_PARAMS)])
     manifest = json.loads((tmp_path / "m.json").read_text())
     seen = [manifest[k] for k in ("source", "image_size", "eval_fraction", "seed")]
     assert (code, seen) == (0, ["local", 40, 0.5, 7])
@@ -296,7 +296,7 @@ def test_local_mirror_one_liner(tmp_path) -> None:
 
 def test_stage_script_runs_from_the_repo_root(tmp_path) -> None:
     params = tmp_path / "params.yaml"
-    text = (ROOT / "params.yaml").read_text().replace("n_items: 480", "n_items: 60")
+    text = FIXTURE_PARAMS.read_text().replace("n_items: 480", "n_items: 60")
     assert "n_items: 60" in text
     params.write_text(text)
     proc = subprocess.run([sys.executable, "stages/fetch.py", "--profile", "tiny", "--params", str(params),
@@ -311,10 +311,10 @@ def test_stage_script_runs_from_the_repo_root(tmp_path) -> None:
 def test_loaded_split_never_writes_into_the_split_folder(tmp_path):
     # A cache-*.arrow file written by .map() into data/<p>/splits made DVC re-run every stage after fetch.
     from vlrl.config import DataParams, OfflineSource
-    from vlrl.data import fetch, load_split
+    from vlrl.data import fetch_splits, load_split
 
     data = DataParams(source="offline", image_size=32, eval_fraction=0.3, offline=OfflineSource(n_items=40))
-    fetch(data, 1, tmp_path / "splits", tmp_path / "manifest.json")
+    fetch_splits(data, 1, tmp_path / "splits", tmp_path / "manifest.json")
     before = sorted(p.name for p in (tmp_path / "splits").rglob("*"))
     split = load_split(tmp_path / "splits", "train")
     split.map(lambda row: {"n": len(row["question"])}).filter(lambda row: row["n"] > 0)

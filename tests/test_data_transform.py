@@ -20,7 +20,7 @@ def png(size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str = "PNG") -
 
 
 def hub_row(pid: str, **changes) -> dict:
-    """One row with the hub's columns and types (FACTS.md "MathVista")."""
+    """One row with the hub's columns and types (docs/mathvista.md)."""
     row = {
         "pid": pid, "question": "How many circles are there?", "image": f"images/{pid}.jpg",
         "decoded_image": {"bytes": png(), "path": None}, "choices": None, "unit": None, "precision": None,

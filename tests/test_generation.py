@@ -5,26 +5,18 @@ from __future__ import annotations
 import dataclasses
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from helpers import ROOT, edited, raw_params, write_params
 from vlrl import generation as generation_module
 from vlrl import modeling
 from vlrl.config import ConfigError, GenerationParams, parse_params
-from vlrl.generation import (
-    check_generation_params,
-    check_prompt_lengths,
-    generate_completions,
-    prompt_token_counts,
-    write_generations,
-)
-from vlrl.io import read_jsonl
+from vlrl.errors import EnvironmentProblem
+from vlrl.generation import check_prompt_lengths, generate_completions, prompt_token_counts
+from vlrl.io import atomic_write_jsonl, read_jsonl
 from vlrl.tiny_model import build_and_warm_start
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +105,17 @@ def test_out_of_memory_names_the_batch_size_knob(tiny_params, warm_model, monkey
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(model, "generate", oom)
-    with pytest.raises(RuntimeError, match=r"lower profiles.tiny.generation.batch_size \(now 16\)"):
+    with pytest.raises(EnvironmentProblem, match=r"lower profiles.tiny.generation.batch_size \(now 16\)"):
         model_, processor, split = warm_model
         generate_completions(model_, processor, split, prompt_template=tiny_params.prompt.template,
                              generation=tiny_params.profile("tiny").generation, seed=0, progress=False,
                              profile="tiny")
 
 
-def test_write_generations_round_trips(tmp_path):
+def test_generation_records_round_trip(tmp_path):
     records = [{"pid": "1", "completion": "<SOLUTION>1</SOLUTION>", "prompt_tokens": 5,
                 "completion_tokens": 3, "truncated": False}]
-    assert read_jsonl(write_generations(records, tmp_path / "g" / "baseline.jsonl")) == records
+    assert read_jsonl(atomic_write_jsonl(tmp_path / "g" / "baseline.jsonl", records)) == records
     assert [p.name for p in (tmp_path / "g").iterdir()] == ["baseline.jsonl"]  # no temporary left behind
 
 
@@ -137,10 +129,12 @@ def test_write_generations_round_trips(tmp_path):
                  "profiles.tiny.model.max_seq_length", id="no-room-for-the-prompt"),
     pytest.param({"top_p": 0.5}, "top_p = 0.5: has no effect with temperature = 0", id="top-p-with-greedy"),
 ])
-def test_cross_checks(tiny_params, changes, message):
-    generation = dataclasses.replace(tiny_params.profile("tiny").generation, **changes)
+def test_cross_checks(changes, message):
+    raw = raw_params()
+    for key, value in changes.items():
+        edited(raw, f"profiles.tiny.generation.{key}", value)
     with pytest.raises(ConfigError, match=message):
-        check_generation_params(generation, tiny_params.profile("tiny").model, "tiny")
+        parse_params(raw)
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -148,14 +142,12 @@ def test_cross_checks(tiny_params, changes, message):
     pytest.param("max_new_tokens", -5, "max_new_tokens = -5: must be an integer >= 1", id="negative-length"),
     pytest.param("temperature", -1.0, "temperature = -1.0: must be >= 0", id="negative-temperature"),
     pytest.param("top_p", 1.5, "top_p = 1.5: must be in", id="top-p-above-one"),
-    pytest.param("batch_size", "16", "batch_size = '16': expected an integer", id="string-batch"),
+    pytest.param("batch_size", "sixteen", "batch_size = 'sixteen': expected an integer", id="word-batch"),
     pytest.param("cpu_threads", 0, "cpu_threads = 0: must be null", id="zero-threads"),
 ])
 def test_config_rejects_nonsense(key, value, message):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profiles"]["tiny"]["generation"][key] = value
     with pytest.raises(ConfigError, match=message):
-        parse_params(raw)
+        parse_params(edited(raw_params(), f"profiles.tiny.generation.{key}", value))
 
 
 def test_prompt_longer_than_the_context_names_the_pid(tiny_params, warm_model):
@@ -167,11 +159,8 @@ def test_prompt_longer_than_the_context_names_the_pid(tiny_params, warm_model):
         check_prompt_lengths(counts, list(split["pid"]), GenerationParams(16, 48), model_params, "tiny")
 
 
-def test_generate_stage_rejects_bad_params_before_loading_anything(tmp_path, monkeypatch):
-    pytest.importorskip("vlrl.data", reason="the stage imports vlrl.data (issue 3)")
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profiles"]["tiny"]["generation"]["max_new_tokens"] = 5000
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+def test_generate_stage_rejects_bad_params_before_loading_anything(tmp_path, monkeypatch, capsys):
+    write_params(tmp_path / "params.yaml", edited(raw_params(), "profiles.tiny.generation.max_new_tokens", 5000))
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("a model or data was loaded before the params were checked")
@@ -182,6 +171,9 @@ def test_generate_stage_rejects_bad_params_before_loading_anything(tmp_path, mon
     monkeypatch.setattr(sys, "argv", [
         "generate.py", "--profile", "tiny", "--params", str(tmp_path / "params.yaml"), "--model-dir",
         str(tmp_path / "model"), "--splits-dir", str(tmp_path / "s"), "--out", str(tmp_path / "out.jsonl")])
-    with pytest.raises(ConfigError, match="max_new_tokens = 5000"):
+    with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(ROOT / "stages" / "generate.py"), run_name="__main__")
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "max_new_tokens = 5000" in err and "Traceback" not in err
     assert not (tmp_path / "out.jsonl").exists()

@@ -18,6 +18,7 @@ import torch
 
 from vlrl import modeling
 from vlrl.config import GenerationParams, LoraParams, ModelParams, TinyModelBuild
+from vlrl.errors import EnvironmentProblem
 from vlrl.generation import generate_completions
 from vlrl.modeling import (
     AdapterError,
@@ -255,7 +256,7 @@ def test_unsloth_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     write_pin(tmp_path, model_id=UNSLOTH.id, revision=UNSLOTH.revision, backend="unsloth",
               kind=modeling.KIND_HUB)
-    with pytest.raises(ImportError, match="make install-gpu"):
+    with pytest.raises(EnvironmentProblem, match="make install-gpu"):
         load_model_and_processor(UNSLOTH, tmp_path)
 
 

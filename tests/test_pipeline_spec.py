@@ -1,5 +1,5 @@
 """dvc.yaml must declare exactly what each stage reads: its script, every package module the script
-imports (transitively), and exactly the params sections the config module hands that stage.
+imports (transitively), and exactly the params sections of the view the config package hands that stage.
 
 A missing dep means `dvc repro` silently reuses stale results; an extra one re-runs work for nothing.
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlrl.config import STAGE_PARAMS
+from vlrl.config import STAGE_VIEWS, params_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PROFILES = ("tiny", "full")
-#: dvc.yaml stage name -> the config.STAGE_PARAMS view its script loads.
+#: dvc.yaml stage name -> the config.STAGE_VIEWS view its script loads.
 STAGE_KIND = {
     "fetch": "fetch", "model": "model", "generate_baseline": "generate", "score_baseline": "score",
     "train": "train", "generate_post": "generate", "score_post": "score", "report": "report",
@@ -100,6 +100,7 @@ CASES = [pytest.param(name, profile, id=f"{name}@{profile}") for name in STAGE_K
 
 def test_every_stage_is_checked():
     assert set(_stages()) == set(STAGE_KIND), "a stage was added to dvc.yaml: add it to STAGE_KIND"
+    assert set(STAGE_KIND.values()) == set(STAGE_VIEWS), "every view is used by a stage"
 
 
 def test_package_init_has_no_logic():
@@ -129,7 +130,7 @@ def test_params_are_exactly_what_the_stage_reads(name, profile):
     stage = _resolve(_stages()[name]["do"], profile)
     kind = STAGE_KIND[name]
     declared = sorted(stage.get("params", []))
-    expected = sorted(p.format(profile=profile) for p in STAGE_PARAMS[kind])
+    expected = sorted(params_keys(kind, profile))
     assert declared == expected
 
 

@@ -17,7 +17,7 @@ from vlrl.scoring import ScoringError, metrics_of, score_generations
 REWARDS = RewardParams(format_weight=0.3, correctness_weight=1.0, numeric_rel_tol=1e-9)
 R = "<REASONING>read the chart</REASONING>"
 
-#: pid -> (gold row, generation). Rewards by the reference rules (FACTS.md), computed by hand:
+#: pid -> (gold row, generation). Rewards by the reference rules (docs/reference-experiment.md), computed by hand:
 #: format = #REASONING==1 + #SOLUTION==1 (-2 for addCriterion gibberish); correctness 2 exact, 1.5 numeric.
 CASES = {
     # format 2, correctness 2 -> total 0.3*2 + 2 = 2.6; strict, numeric and mathvista correct.

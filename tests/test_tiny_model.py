@@ -84,7 +84,7 @@ def test_processor_expands_the_image_into_patch_tokens(tmp_path, handmade_split)
     assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
     enc = processor(text=[text], images=[row["image"]], return_tensors="pt")
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    # 64x64 pixels, patch 8, merge 2 -> (64/8/2)^2 = 16 image tokens (FACTS.md).
+    # 64x64 pixels, patch 8, merge 2 -> (64/8/2)^2 = 16 image tokens (docs/library-notes.md).
     assert int((enc["input_ids"] == pad).sum()) == 16
     assert tuple(enc["image_grid_thw"][0].tolist()) == (1, 8, 8)
 

@@ -15,37 +15,31 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from vlrl.config import ConfigError, load_stage_params
-from vlrl.training import (
+from helpers import FIXTURE_PARAMS, ROOT, edited, fixture_params, raw_params, write_params
+from vlrl.config import TrainStageParams, is_off_policy, stage_view
+from vlrl.metrics import TELEMETRY_KEYS
+from vlrl.training import TrainingDivergedError, train
+from vlrl.training.callbacks import write_curves
+from vlrl.training.checkpoints import (
     CHECKPOINT_FILES,
     COMPLETE_MARKER,
     FINGERPRINT_FILE,
-    VOLATILE_METRICS,
-    TrainingDivergedError,
-    TrainSettings,
-    build_grpo_config,
-    build_train_dataset,
-    chunked_logprob_torch,
-    drop_long_prompts,
-    is_off_policy,
     last_complete_checkpoint,
     prepare_checkpoints_dir,
-    train_on_split,
-    write_curves,
 )
+from vlrl.training.trainer import build_grpo_config, build_train_dataset, drop_long_prompts
+from vlrl.training.trl_cpu_shim import chunked_logprob_torch
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
 
 
 @pytest.fixture(scope="module")
-def settings() -> TrainSettings:
-    return TrainSettings.from_stage_params(load_stage_params("train", "tiny", ROOT / "params.yaml"))
+def settings() -> TrainStageParams:
+    return stage_view("train", fixture_params(), "tiny")
 
 
-def _with(settings: TrainSettings, *, train=None, gspo=None, rewards=None, model=None) -> TrainSettings:
+def _with(settings: TrainStageParams, *, train=None, gspo=None, rewards=None, model=None) -> TrainStageParams:
     return dataclasses.replace(
         settings,
         train=dataclasses.replace(settings.train, **(train or {})),
@@ -102,35 +96,13 @@ def test_grpo_config_uses_trl_names_and_no_bf16_on_cpu(settings, tmp_path):
     assert config.generation_batch_size == 2 * s.train.per_device_train_batch_size
 
 
-@pytest.mark.parametrize(("change", "key"), [
-    pytest.param({"train": {"per_device_train_batch_size": 6, "num_generations": 4}}, "num_generations",
-                 id="generation-batch-not-divisible-by-num-generations"),
-    pytest.param({"train": {"per_device_train_batch_size": 8, "num_generations": 1}}, "num_generations",
-                 id="one-generation-has-no-group-to-compare"),
-    pytest.param({"gspo": {"loss_type": "ppo"}}, "gspo.loss_type", id="unknown-loss-type"),
-    pytest.param({"gspo": {"importance_sampling_level": "batch"}}, "gspo.importance_sampling_level",
-                 id="unknown-importance-sampling-level"),
-    pytest.param({"rewards": {"format_weight": -0.3}}, "rewards.format_weight", id="negative-reward-weight"),
-    pytest.param({"rewards": {"format_weight": 0.0, "correctness_weight": 0.0}}, "reward weight",
-                 id="all-weights-zero-means-no-signal"),
-    pytest.param({"train": {"max_prompt_length": 1000, "max_completion_length": 100}}, "max_seq_length",
-                 id="prompt-plus-completion-exceeds-max-seq-length"),
-])
-def test_inconsistent_settings_fail_before_any_model_loads(settings, tmp_path, change, key):
-    # model_dir does not exist: reaching the model (or the data) would raise something else.
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        train_on_split(_with(settings, **change), None, model_dir=tmp_path / "no-model", **_outputs(tmp_path))
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "adapter").exists()
-
-
-def test_stage_reports_bad_params_without_loading(tmp_path):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profiles"]["tiny"]["train"]["num_generations"] = 3
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    out = _run_stage(tmp_path / "params.yaml", tmp_path / "no-model", tmp_path / "no-splits",
-                     tmp_path / "run")
-    assert out.returncode != 0
-    assert "profiles.tiny.train.num_generations = 3" in out.stderr
+def test_stage_reports_bad_params_in_one_line_without_loading(tmp_path):
+    params = write_params(tmp_path / "params.yaml",
+                          edited(raw_params(), "profiles.tiny.train.num_generations", 3))
+    out = _run_stage(params, tmp_path / "no-model", tmp_path / "no-splits", tmp_path / "run")
+    assert out.returncode == 1
+    assert out.stderr.startswith("stages/train.py: error: params.yaml: profiles.tiny.train.num_generations = 3")
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,10 +189,10 @@ def test_over_long_prompts_are_dropped_and_counted(settings, tiny_model_dir, tra
 
     rows = train_split.select(range(24))
     processor = load_processor(settings.model, tiny_model_dir)
-    lengths = prompt_token_counts(processor, rows, settings.prompt_template)
+    lengths = prompt_token_counts(processor, rows, settings.prompt.template)
     limit = sorted(lengths)[len(lengths) // 2]
-    dataset = build_train_dataset(rows, settings.prompt_template)
-    kept, dropped = drop_long_prompts(dataset, processor, settings.prompt_template, limit,
+    dataset = build_train_dataset(rows, settings.prompt.template)
+    kept, dropped = drop_long_prompts(dataset, processor, settings.prompt.template, limit,
                                       list(rows["question"]))
     assert (len(kept), dropped) == (sum(n <= limit for n in lengths), sum(n > limit for n in lengths))
     assert dropped > 0 and kept[0]["prompt"][0]["content"][0]["type"] == "image"
@@ -230,7 +202,7 @@ def _short_run(settings, train_split, model_dir, out: Path, **gspo) -> dict:
     s = _with(settings, train={"per_device_train_batch_size": 4, "num_generations": 4, "max_steps": 3,
                                "max_completion_length": 32, "warmup_ratio": 0.0, "save_steps": 100},
               gspo=gspo)
-    return train_on_split(s, train_split.select(range(16)), model_dir=model_dir, **_outputs(out))
+    return train(s, train_split.select(range(16)), model_dir=model_dir, **_outputs(out))
 
 
 def test_gspo_equals_grpo_on_policy_and_differs_off_policy(settings, train_split, tiny_model_dir, tmp_path):
@@ -260,7 +232,7 @@ def test_nan_loss_stops_without_an_adapter(settings, train_split, tiny_model_dir
     s = _with(settings, train={"per_device_train_batch_size": 4, "max_steps": 3, "save_steps": 1,
                                "max_completion_length": 16})
     with pytest.raises(TrainingDivergedError, match=r"not finite after step 1\. No adapter was written"):
-        train_on_split(s, train_split.select(range(8)), model_dir=tiny_model_dir, **_outputs(tmp_path))
+        train(s, train_split.select(range(8)), model_dir=tiny_model_dir, **_outputs(tmp_path))
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
     assert last_complete_checkpoint(tmp_path / "checkpoints") is None
 
@@ -288,11 +260,9 @@ SHORT_TRAIN = {"max_steps": 12, "save_steps": 4, "per_device_train_batch_size": 
 
 @pytest.fixture(scope="module")
 def short_params(tmp_path_factory) -> Path:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = raw_params()
     raw["profiles"]["tiny"]["train"].update(SHORT_TRAIN)
-    path = tmp_path_factory.mktemp("short_params") / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_params(tmp_path_factory.mktemp("short_params") / "params.yaml", raw)
 
 
 def _stage_run(params: Path, model_dir: Path, splits_dir: Path, out: Path) -> Path:
@@ -319,8 +289,8 @@ def test_resume_after_kill_gives_the_same_adapter_and_metrics(short_params, tiny
     assert "resuming from" in resumed.stderr
     ours, theirs = (json.loads((folder / "train.json").read_text()) for folder in (run, reference))
     assert ours["resumed_from_step"] >= SHORT_TRAIN["save_steps"]
-    assert {k: v for k, v in ours.items() if k not in VOLATILE_METRICS} == \
-        {k: v for k, v in theirs.items() if k not in VOLATILE_METRICS}
+    assert {k: v for k, v in ours.items() if k not in TELEMETRY_KEYS} == \
+        {k: v for k, v in theirs.items() if k not in TELEMETRY_KEYS}
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json",
                  *[f"curves/{p.name}" for p in (reference / "curves").iterdir()]):
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name
@@ -341,7 +311,7 @@ def test_rl_raises_held_out_format_compliance(tiny_model_dir, tiny_splits, tiny_
     from vlrl.modeling import load_model_and_processor
     from vlrl.scoring import score_generations
 
-    profile_run = _stage_run(ROOT / "params.yaml", tiny_model_dir, tiny_splits, tmp_path)
+    profile_run = _stage_run(FIXTURE_PARAMS, tiny_model_dir, tiny_splits, tmp_path)
     profile = tiny_params.profile("tiny")
     eval_split = load_split(tiny_splits, "eval")
     compliance = {}

@@ -31,8 +31,6 @@ from vlrl.prompts import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_
 #: Default tolerance of the numeric criterion (params.yaml ``rewards.numeric_rel_tol``).
 DEFAULT_REL_TOL = 1e-9
 
-QUESTION_TYPES = ("free_form", "multi_choice")
-ANSWER_TYPES = ("integer", "float", "text", "list")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +137,8 @@ def parse_finite_number(text: object) -> float | None:
     """``float(text)`` if that gives a finite number, else ``None`` (never raises).
 
     This is Python's ``float()`` grammar, the same the reference uses to keep MathVista rows
-    (FACTS.md: rows whose answer parses with ``float()``): surrounding whitespace is ignored, and
+    (rows whose answer parses with ``float()``,
+    docs/reference-experiment.md): surrounding whitespace is ignored, and
     ``"9.91e2"``, ``"+991"``, ``"1_000"`` (PEP 515) and non-ASCII digits are numbers; ``"1,000"``,
     ``""``, ``"nan"`` and ``"inf"`` are not (the last two parse but are not finite).
 

@@ -11,7 +11,8 @@ Subcommands:
 
 Adding a subcommand: write ``_add_<name>_parser(subparsers)`` that registers its arguments and sets
 ``handler=`` to a function ``(args) -> int``, and call it from :func:`build_parser`. Handlers raise
-:class:`UsageError` for a bad call; :func:`main` turns it into one line on stderr and exit status 2.
+:class:`~vlrl.errors.UsageError` for a bad call (one line on stderr, exit status 2) and any other
+:class:`~vlrl.errors.VlrlError` for a problem the user can fix (``vlrl: error: ...``, its status).
 """
 
 from __future__ import annotations
@@ -24,19 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from vlrl.answers import ANSWER_TYPES, QUESTION_TYPES
-from vlrl.config import DEFAULT_PARAMS_PATH, ConfigError, RewardParams, load_params
-from vlrl.report import explain_metrics_text
-from vlrl.rewards import PRESETS, RewardBreakdown, explain
-
-#: Exit status of a bad call (argparse's convention).
-USAGE_ERROR = 2
-#: The reference experiment's weights, used when params.yaml is absent (FACTS.md).
-REFERENCE_REWARDS = RewardParams(format_weight=0.3, correctness_weight=1.0, numeric_rel_tol=1e-9)
-
-
-class UsageError(Exception):
-    """A bad command line or unreadable input; the message is one line naming the problem."""
+from vlrl.config import DEFAULT_PARAMS_PATH, RewardParams, load_params
+from vlrl.entry import debug_enabled, report_error
+from vlrl.errors import ConfigError, UsageError, VlrlError
+from vlrl.mathvista import ANSWER_TYPES, QUESTION_TYPES
+from vlrl.metrics import glossary_text
+from vlrl.rewards import PRESETS, REFERENCE_REWARDS, RewardBreakdown, explain
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,12 +107,13 @@ def _reward_params(args: argparse.Namespace) -> RewardParams:
         base = REFERENCE_REWARDS
     elif not Path(args.params).is_file():
         print(f"vlrl reward: note: {args.params} not found; using the reference weights "
-              f"(format 0.3, correctness 1.0, numeric_rel_tol 1e-9)", file=sys.stderr)
+              f"(format {REFERENCE_REWARDS.format_weight:g}, correctness {REFERENCE_REWARDS.correctness_weight:g}, "
+              f"numeric_rel_tol {REFERENCE_REWARDS.numeric_rel_tol:g})", file=sys.stderr)
         base = REFERENCE_REWARDS
     else:
         try:
             base = load_params(args.params).rewards
-        except ConfigError as exc:
+        except ConfigError as exc:  # a bad --params file is a bad call of this command
             raise UsageError(f"vlrl reward: {exc}") from exc
     for name, value in overrides.items():
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -202,7 +197,7 @@ def _add_explain_metrics_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_explain_metrics(args: argparse.Namespace) -> int:
-    print(explain_metrics_text())
+    print(glossary_text())
     return 0
 
 
@@ -223,9 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "handler", None):
             raise UsageError("vlrl: a command is required (see vlrl --help)")
         return args.handler(args)
-    except UsageError as exc:
+    except UsageError as exc:  # its message already names the command
+        if debug_enabled():
+            raise
         print(str(exc), file=sys.stderr)
-        return USAGE_ERROR
+        return exc.exit_code
+    except VlrlError as exc:
+        if debug_enabled():
+            raise
+        return report_error("vlrl", exc)
     except SystemExit as exc:  # --help and --version exit through argparse
         return exc.code if isinstance(exc.code, int) else 0
     except BrokenPipeError:  # `vlrl explain-metrics | head`: the reader left, not an error

@@ -2,15 +2,15 @@
 
 Why it looks like this:
 - LEFT padding: the reference's ``addCriterion`` gibberish has been tied to batched right-padded
-  inference (FACTS.md); with left padding every prompt ends where generation starts.
+  inference (docs/library-notes.md); with left padding every prompt ends where generation starts.
 - The prompt is the chat template applied to :func:`vlrl.prompts.build_prompt` (image first, then the
   question and the format instruction), exactly what TRL feeds the policy in training.
 - Vision placeholders (``<|image_pad|>`` and friends) are suppressed: plain ``generate`` may emit
-  them, TRL suppresses them in training (FACTS.md).
+  them, TRL suppresses them in training (docs/library-notes.md).
 - Completions are decoded with ``skip_special_tokens=True``, as TRL does, so the rewards see the same
   text in training and in evaluation (the tags are non-special tokens).
 - Restartability: the stage collects all records in memory and writes the JSONL once, atomically
-  (:func:`write_generations`); an interrupted run leaves no file, never a partial one that looks
+  (:func:`vlrl.io.atomic_write_jsonl`); an interrupted run leaves no file, never a partial one that looks
   complete. Re-running regenerates from the start (greedy decoding makes it reproducible).
 
 Record: ``{"pid", "completion", "prompt_tokens", "completion_tokens", "truncated"}`` where
@@ -31,29 +31,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlrl.config import ConfigError, GenerationParams, ModelParams
-from vlrl.io import atomic_write_jsonl
-from vlrl.modeling import end_of_turn_ids, torch_threads, vision_token_ids
+from vlrl.config import GenerationParams, ModelParams
+from vlrl.errors import ConfigError, EnvironmentProblem
+from vlrl.modeling.devices import torch_threads
+from vlrl.modeling.processor import end_of_turn_ids, vision_token_ids
 from vlrl.prompts import build_prompt
 
 log = logging.getLogger(__name__)
-
-
-def check_generation_params(generation: GenerationParams, model: ModelParams,
-                            profile: str = "<profile>") -> None:
-    """Cross-checks no single config section can make; run BEFORE loading a model.
-
-    >>> from vlrl.config import GenerationParams, ModelParams
-    >>> check_generation_params(GenerationParams(16, 48), ModelParams("transformers", "m", None, False, 1024))
-    """
-    key = f"profiles.{profile}.generation"
-    if generation.max_new_tokens >= model.max_seq_length:
-        raise ConfigError(f"params.yaml: {key}.max_new_tokens = {generation.max_new_tokens}: must be "
-                          f"smaller than profiles.{profile}.model.max_seq_length ({model.max_seq_length}), "
-                          "which must also hold the prompt")
-    if generation.greedy and generation.top_p < 1.0:
-        raise ConfigError(f"params.yaml: {key}.top_p = {generation.top_p}: has no effect with "
-                          "temperature = 0 (greedy); set top_p: 1.0 or a temperature > 0")
 
 
 def check_prompt_lengths(prompt_tokens: Sequence[int], pids: Sequence[str], generation: GenerationParams,
@@ -108,9 +92,6 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
     ``temperature == 0``; otherwise sampled with ``temperature``/``top_p`` from torch's generator
     seeded with ``seed + b`` for batch ``b``.
 
-    >>> # records = generate_completions(model, processor, load_split(splits, "eval"),
-    >>> #                                prompt_template=params.prompt.template,
-    >>> #                                generation=params.generation, seed=params.seed)
     """
     tokenizer = processor.tokenizer
     suppress = vision_token_ids(processor)
@@ -142,7 +123,7 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
                 with torch.inference_mode():
                     out = model.generate(**enc, generation_config=config)
             except torch.OutOfMemoryError as exc:
-                raise RuntimeError(
+                raise EnvironmentProblem(
                     f"out of GPU memory generating a batch of {len(rows)}: lower "
                     f"profiles.{profile}.generation.batch_size (now {generation.batch_size}) in params.yaml"
                 ) from exc
@@ -207,14 +188,3 @@ def run_metadata(which: str, *, model: Any, pin: dict, adapter_dir: Path | None,
         "wall_time_s": round(wall_time_s, 3),
         "samples_per_second": round(len(records) / wall_time_s, 3) if wall_time_s > 0 else None,
     }
-
-
-def write_generations(records: list[dict], path: Path) -> Path:
-    """Write generation records as JSONL, atomically (never a partial file that looks complete).
-
-    >>> import tempfile
-    >>> p = write_generations([{"pid": "1", "completion": "x"}], Path(tempfile.mkdtemp()) / "g.jsonl")
-    >>> p.read_text()
-    '{"pid": "1", "completion": "x"}\\n'
-    """
-    return atomic_write_jsonl(path, records)

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vlrl.errors import MissingInputError
+
 
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy / torch scalars
@@ -67,7 +69,7 @@ def atomic_write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> P
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+        raise MissingInputError(f"{path}: not found; run the stage that writes it first (dvc repro)")
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -75,7 +77,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+        raise MissingInputError(f"{path}: not found; run the stage that writes it first (dvc repro)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -83,7 +85,12 @@ def read_json(path: str | Path) -> Any:
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` whole, on failure it is removed.
 
-    >>> # with atomic_directory("data/tiny/splits") as tmp: write files under tmp
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "splits"
+    >>> with atomic_directory(out) as tmp:
+    ...     _ = (tmp / "a.txt").write_text("complete")
+    >>> [p.name for p in out.iterdir()]
+    ['a.txt']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

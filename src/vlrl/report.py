@@ -12,7 +12,7 @@ What it states, and why:
 - the reward-vs-metric gap: answers that earn the numeric 1.5 but are wrong under strict accuracy
   (the case study's "991.0" effect), so a rising reward is not mistaken for rising accuracy;
 - the examples that flipped, with short completion excerpts;
-- whether training was on- or off-policy: GSPO and GRPO coincide on-policy (FACTS.md, TRL).
+- whether training was on- or off-policy: GSPO and GRPO coincide on-policy (docs/library-notes.md).
 """
 
 from __future__ import annotations
@@ -28,55 +28,10 @@ from tabulate import tabulate
 
 from vlrl.config import ReportParams
 from vlrl.io import atomic_write_text, read_json, read_jsonl
+from vlrl.metrics import MEANS, METRIC_DEFINITIONS, RATES
 from vlrl.stats import Z_95, mcnemar_exact
 
 log = logging.getLogger(__name__)
-
-#: Every metric key users meet in metrics/<profile>/*.json, with its meaning. One definition, shown
-#: by the report's glossary and by `vlrl explain-metrics`.
-METRIC_DEFINITIONS: dict[str, str] = {
-    "n": "number of held-out (eval split) examples scored",
-    "format_compliance": "share of completions whose format reward is the maximum 2.0: exactly one "
-    "<REASONING> block, exactly one <SOLUTION> block, no addCriterion penalty",
-    "accuracy_strict": "the case study's accuracy: the single SOLUTION content, newlines removed, equals the "
-    "gold answer string exactly (991.0 is wrong for 991)",
-    "accuracy_numeric": "strict OR numeric match: the SOLUTION content and the gold both parse as finite numbers "
-    "and are equal (the 1.5 reward criterion)",
-    "accuracy_mathvista": "MathVista's official normalisation of the SOLUTION content (integer -> int, float -> "
-    "rounded to the item's precision, multiple choice -> choice text), comparable with published numbers",
-    "reward_format_mean": "mean unweighted format reward (range -2..2)",
-    "reward_correctness_mean": "mean unweighted correctness reward (2.0 exact, 1.5 numeric, 0 otherwise)",
-    "reward_total_mean": "mean weighted total: format_weight * format + correctness_weight * correctness",
-    "addcriterion_rate": "share of completions that triggered the addCriterion/newline gibberish penalty (-2)",
-    "truncation_rate": "share of completions that hit max_new_tokens without an end-of-turn token",
-    "completion_tokens_mean": "mean number of generated tokens per completion",
-    "*_ci95_low / *_ci95_high": "95% Wilson score interval of the rate named before the suffix",
-    "by_question_type.* / by_answer_type.*": "the same metrics within one MathVista question or answer type",
-}
-
-#: Rates shown in the before/after table, in order, with their labels.
-RATE_ROWS = (
-    ("format_compliance", "format compliance"),
-    ("accuracy_strict", "accuracy (strict, case study)"),
-    ("accuracy_numeric", "accuracy (strict or numeric)"),
-    ("accuracy_mathvista", "accuracy (MathVista official)"),
-    ("addcriterion_rate", "addCriterion penalty rate"),
-    ("truncation_rate", "truncation rate"),
-)
-#: Per-example reward fields averaged in the table.
-MEAN_ROWS = (
-    ("format", "reward_format_mean", "mean format reward"),
-    ("correctness", "reward_correctness_mean", "mean correctness reward"),
-    ("total", "reward_total_mean", "mean total reward (weighted)"),
-)
-#: Per-example verdicts tested pairwise with McNemar.
-PAIRED_VERDICTS = (
-    ("format_compliant", "format compliance"),
-    ("accuracy_strict", "accuracy (strict)"),
-    ("accuracy_numeric", "accuracy (strict or numeric)"),
-    ("accuracy_mathvista", "accuracy (MathVista)"),
-)
-
 
 @dataclass(frozen=True)
 class ReportInputs:
@@ -202,14 +157,17 @@ def _delta(before: float | None, after: float | None, as_pct: bool) -> str:
 
 def before_after_table(base_m: dict, post_m: dict, base_r: list[dict], post_r: list[dict]) -> str:
     rows = [["n (held-out items)", str(base_m.get("n")), str(post_m.get("n")), ""]]
-    for key, label in RATE_ROWS:
-        if key in base_m or key in post_m:
-            rows.append([label, _rate_cell(base_m, key), _rate_cell(post_m, key),
-                         _delta(base_m.get(key), post_m.get(key), True)])
-    for field, key, label in MEAN_ROWS:
-        b = [float(r[field]) for r in base_r]
-        a = [float(r[field]) for r in post_r]
-        rows.append([label, _mean_cell(b), _mean_cell(a), _delta(base_m.get(key), post_m.get(key), False)])
+    for rate in RATES:
+        if rate.key in base_m or rate.key in post_m:
+            rows.append([rate.label, _rate_cell(base_m, rate.key), _rate_cell(post_m, rate.key),
+                         _delta(base_m.get(rate.key), post_m.get(rate.key), True)])
+    for mean in MEANS:
+        if not all(mean.field in r for r in (*base_r, *post_r)):
+            continue
+        b = [float(r[mean.field]) for r in base_r]
+        a = [float(r[mean.field]) for r in post_r]
+        rows.append([mean.label, _mean_cell(b), _mean_cell(a),
+                     _delta(base_m.get(mean.key), post_m.get(mean.key), False)])
     return tabulate(rows, headers=["metric", "baseline [95% CI]", "after GSPO [95% CI]", "change"],
                     tablefmt="github")
 
@@ -260,7 +218,7 @@ def _plot_before_after(base_m: dict, post_m: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [(k, label) for k, label in RATE_ROWS[:4] if k in base_m and k in post_m]
+    keys = [(r.key, r.label) for r in RATES if r.paired and r.key in base_m and r.key in post_m]
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     width = 0.38
     for offset, (metrics, name, colour) in enumerate(((base_m, "baseline", "#8c8c8c"),
@@ -330,8 +288,8 @@ def build_report(inputs: ReportInputs, params: ReportParams, out_dir: Path) -> P
     pairs = pair_by_pid(base_r, post_r)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tests = [paired_test(pairs, field, label) for field, label in PAIRED_VERDICTS
-             if all(field in r for r in base_r[:1] + post_r[:1])]
+    tests = [paired_test(pairs, rate.field, rate.label) for rate in RATES
+             if rate.paired and all(rate.field in r for r in base_r[:1] + post_r[:1])]
     gap_before, gap_after = numeric_only_count(base_r), numeric_only_count(post_r)
 
     _plot_before_after(base_m, post_m, out_dir / "before_after.png")
@@ -383,10 +341,3 @@ def build_report(inputs: ReportInputs, params: ReportParams, out_dir: Path) -> P
     path = atomic_write_text(out_dir / "report.md", "\n".join(md))
     log.info("wrote %s", path)
     return path
-
-
-def explain_metrics_text() -> str:
-    """The glossary as plain text, for `vlrl explain-metrics`."""
-    width = max(map(len, METRIC_DEFINITIONS))
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in METRIC_DEFINITIONS.items())
-

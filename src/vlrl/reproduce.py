@@ -17,13 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: Keys that depend on the machine, not on the experiment (compared by name at any nesting level).
-MACHINE_DEPENDENT_KEYS = frozenset({
-    "wall_time_s", "seconds_per_step", "peak_rss_mb", "peak_gpu_mem_mb", "tokens_per_second",
-    "resume_seconds", "examples_per_second", "samples_per_second",
-    # a run resumed after an interruption ends with the same results; only this records the resume
-    "resumed_from_step",
-})
+from vlrl.metrics import TELEMETRY_KEYS
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -36,7 +30,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
-def compare_metrics(committed: dict, reproduced: dict, *, ignore: frozenset[str] = MACHINE_DEPENDENT_KEYS,
+def compare_metrics(committed: dict, reproduced: dict, *, ignore: frozenset[str] = TELEMETRY_KEYS,
                     rel_tol: float = 0.0) -> list[str]:
     """Differences between two metric objects, one line each; [] when they agree.
 

@@ -1,9 +1,9 @@
 """The reference experiment's two reward functions, with TRL's reward-function signature.
 
-``format_reward`` and ``correctness_reward`` reproduce the case study's reward exactly (FACTS.md, "The
-reference experiment"). The format reward and the 2.0 exact match are Unsloth's Qwen-VL GRPO notebook code
-(``formatting_reward_func``, ``correctness_reward_func``); the 1.5 numeric match is the case study's
-addition (the notebook versions on GitHub score only 2.0 or 0.0):
+``format_reward`` and ``correctness_reward`` reproduce the case study's reward exactly
+(docs/reference-experiment.md, "Rewards"). The format reward and the 2.0 exact match are Unsloth's
+Qwen-VL GRPO notebook code (``formatting_reward_func``, ``correctness_reward_func``); the 1.5 numeric
+match is the case study's addition (the notebook versions on GitHub score only 2.0 or 0.0):
 
 - format: +1 for exactly one ``<REASONING>`` block, +1 for exactly one ``<SOLUTION>`` block, and -2 when
   ``addCriterion`` plus newlines make up at least half of the completion's characters (the Qwen-VL
@@ -12,12 +12,14 @@ addition (the notebook versions on GitHub score only 2.0 or 0.0):
   and the gold are equal finite numbers, else 0.0.
 
 Both call :mod:`vlrl.answers`, the same checks the evaluation uses, so reward and accuracy cannot drift
-apart. The weights are not baked in: :func:`build_reward_functions` returns them from ``params.yaml``
-for TRL's ``reward_weights``. :func:`explain` breaks one completion's reward down for ``vlrl reward``.
+apart. :data:`REWARD_NAMES` is the one place that orders them; :func:`build_reward_functions` returns
+the functions in that order with their weights from ``params.yaml`` (``rewards.<name>_weight``) for
+TRL's ``reward_weights``. :func:`explain` breaks one completion's reward down for ``vlrl reward`` and
+the scorer.
 
 Robust by contract: a completion that is ``None``, empty, not a string, a conversational message list
-or a megabyte of gibberish gets a defined score; nothing here raises on model output, prints or has
-side effects. Pure module: imports neither torch nor DVC.
+or a megabyte of gibberish gets a defined score; nothing here raises on model output, prints or writes.
+Pure module: imports neither torch nor DVC.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ NUMERIC_REWARD = 1.5
 NO_REWARD = 0.0
 #: The best possible format reward: one REASONING block, one SOLUTION block, no penalty.
 MAX_FORMAT_REWARD = 2 * ONE_BLOCK_REWARD
+
+#: The reward terms in the order TRL receives them; ``rewards.<name>_weight`` in params.yaml weighs each.
+REWARD_NAMES = ("format", "correctness")
+#: The case study's weights (used by ``vlrl reward`` when there is no params.yaml).
+REFERENCE_REWARDS = RewardParams(format_weight=0.3, correctness_weight=1.0, numeric_rel_tol=DEFAULT_REL_TOL)
+#: What the format reward logs through TRL's ``log_metric``: the share of completions at the maximum.
+FORMAT_RATE_KEY = "format_rate"
 
 CorrectnessCriterion = Literal["exact", "numeric", "none"]
 
@@ -165,13 +174,26 @@ def correctness_score(text: str, gold: str, rel_tol: float = DEFAULT_REL_TOL) ->
 # --------------------------------------------------------------------------------------------
 
 
-def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
+def format_reward(completions: Sequence[Any], log_metric: Callable[[str, float], None] | None = None,
+                  **kwargs: Any) -> list[float]:
     """TRL reward function: the reference format reward of each completion.
+
+    TRL passes ``log_metric`` (``GRPOTrainer._log_metric``, averaged per logging step); through it the
+    format reward reports :data:`FORMAT_RATE_KEY`, the share of completions at the maximum reward,
+    which the mean alone cannot show. The returned scores do not depend on it.
 
     >>> format_reward(["<REASONING>r</REASONING><SOLUTION>1</SOLUTION>", "addCriterion\\n" * 5, None])
     [2.0, -2.0, 0.0]
+    >>> seen = {}
+    >>> format_reward(["<REASONING>a</REASONING><SOLUTION>1</SOLUTION>", "x"], log_metric=seen.__setitem__)
+    [2.0, 0.0]
+    >>> seen
+    {'format_rate': 0.5}
     """
-    return [format_score(completion_text(completion)) for completion in completions]
+    scores = [format_score(completion_text(completion)) for completion in completions]
+    if log_metric is not None and scores:
+        log_metric(FORMAT_RATE_KEY, sum(score == MAX_FORMAT_REWARD for score in scores) / len(scores))
+    return scores
 
 
 def correctness_reward(
@@ -191,19 +213,29 @@ def correctness_reward(
             for completion, gold in zip(completions, answer, strict=True)]
 
 
+def reward_weights(rewards: RewardParams) -> dict[str, float]:
+    """Reward name -> weight, in :data:`REWARD_NAMES` order.
+
+    >>> reward_weights(REFERENCE_REWARDS)
+    {'format': 0.3, 'correctness': 1.0}
+    """
+    return {name: getattr(rewards, f"{name}_weight") for name in REWARD_NAMES}
+
+
 def build_reward_functions(rewards: RewardParams) -> tuple[list[Callable[..., list[float]]], list[float]]:
     """The reward functions for ``GRPOTrainer(reward_funcs=...)`` and their weights for ``reward_weights``.
 
-    The functions keep the names ``format_reward`` and ``correctness_reward`` (TRL logs
-    ``rewards/<name>/mean``), with ``rewards.numeric_rel_tol`` bound.
+    In :data:`REWARD_NAMES` order. The functions keep the names ``format_reward`` and
+    ``correctness_reward`` (TRL logs ``rewards/<name>/mean``), with ``rewards.numeric_rel_tol`` bound.
 
-    >>> funcs, weights = build_reward_functions(RewardParams(format_weight=0.3, correctness_weight=1.0))
+    >>> funcs, weights = build_reward_functions(REFERENCE_REWARDS)
     >>> [f.__name__ for f in funcs], weights
     (['format_reward', 'correctness_reward'], [0.3, 1.0])
     """
     bound_correctness = functools.partial(correctness_reward, rel_tol=rewards.numeric_rel_tol)
     functools.update_wrapper(bound_correctness, correctness_reward)
-    return [format_reward, bound_correctness], [rewards.format_weight, rewards.correctness_weight]
+    functions = {"format": format_reward, "correctness": bound_correctness}
+    return [functions[name] for name in REWARD_NAMES], list(reward_weights(rewards).values())
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,15 +1,13 @@
 """Scoring: rewards and accuracy verdicts per example, and a flat metrics object.
 
 One definition of "correct": every verdict comes from :func:`vlrl.rewards.explain`, the same code
-that computes the training reward (CONVENTIONS.md, nanochat's ``reward()`` re-using ``evaluate()``).
-This module only joins generations with the gold answers and aggregates.
+that computes the training reward (as nanochat's ``tasks/gsm8k.py`` re-uses ``evaluate()`` in
+``reward()``). This module only joins generations with the gold answers and aggregates.
 
 The metrics object is FLAT with stable keys so that ``dvc metrics diff`` lines up before/after and
-across commits (DESIGN.md): ``n``, the rates (``format_compliance``, ``accuracy_strict``,
-``accuracy_numeric``, ``accuracy_mathvista``, ``addcriterion_rate``, ``truncation_rate``) each with
-``<rate>_ci95_low`` / ``<rate>_ci95_high`` (Wilson), the means (``reward_format_mean``,
-``reward_correctness_mean``, ``reward_total_mean``, ``completion_tokens_mean``), and the same within
-each question type and answer type as dotted keys (``by_question_type.free_form.accuracy_strict``).
+across commits: ``n``, every rate of :data:`vlrl.metrics.RATES` with ``<rate>_ci95_low`` /
+``<rate>_ci95_high`` (Wilson), every mean of :data:`vlrl.metrics.MEANS`, and the same within each
+question type and answer type as dotted keys (``by_question_type.free_form.accuracy_strict``).
 
 Cheap on purpose: a change of reward weights or reward code re-scores cached completions in seconds.
 Imports neither torch nor DVC.
@@ -23,33 +21,18 @@ from typing import Any
 
 from vlrl import rewards as reward_rules
 from vlrl.config import RewardParams
+from vlrl.errors import CorruptInputError
+from vlrl.mathvista import GOLD_FIELDS
+from vlrl.metrics import GROUPS, MEANS, RATES
 from vlrl.stats import wilson_interval
 
-#: Per-example boolean field -> metric name. Rates get a Wilson 95% interval.
-RATES = (
-    ("format_compliant", "format_compliance"),
-    ("accuracy_strict", "accuracy_strict"),
-    ("accuracy_numeric", "accuracy_numeric"),
-    ("accuracy_mathvista", "accuracy_mathvista"),
-    ("addcriterion_penalty", "addcriterion_rate"),
-    ("truncated", "truncation_rate"),
-)
-#: Per-example numeric field -> metric name (means).
-MEANS = (
-    ("format", "reward_format_mean"),
-    ("correctness", "reward_correctness_mean"),
-    ("total", "reward_total_mean"),
-    ("completion_tokens", "completion_tokens_mean"),
-)
-#: Groupings reported as ``<group>.<value>.<metric>``.
-GROUPS = (("question_type", "by_question_type"), ("answer_type", "by_answer_type"))
 #: Fields every generation record must carry (generation.py writes them).
 GENERATION_FIELDS = ("pid", "completion", "completion_tokens", "truncated")
 #: Columns of the eval split the scorer reads (the image is never decoded).
-GOLD_COLUMNS = ("pid", "answer", "question_type", "answer_type", "precision", "choices")
+EVAL_COLUMNS = ("pid", *GOLD_FIELDS)
 
 
-class ScoringError(ValueError):
+class ScoringError(CorruptInputError):
     """Generations and the eval split do not match one to one, or a record is malformed."""
 
 
@@ -80,11 +63,9 @@ def _check_one_to_one(generations: Sequence[dict], eval_pids: Sequence[str]) -> 
 def score_generations(generations: list[dict], eval_split: Any,
                       rewards: RewardParams) -> tuple[list[dict], dict]:
     """Per-example records (in eval-split order) and the flat metrics object.
-
-    >>> # records, metrics = score_generations(read_jsonl(path), load_split(d, "eval"), params.rewards)
     """
     # Only the gold columns: the images are never decoded.
-    gold_rows = [dict(row) for row in eval_split.select_columns(list(GOLD_COLUMNS))]
+    gold_rows = [dict(row) for row in eval_split.select_columns(list(EVAL_COLUMNS))]
     eval_pids = [str(row["pid"]) for row in gold_rows]
     _check_one_to_one(generations, eval_pids)
     by_pid = {str(g["pid"]): g for g in generations}
@@ -133,10 +114,10 @@ def metrics_of(records: Sequence[dict]) -> dict[str, Any]:
 def _summary(records: Sequence[dict]) -> dict[str, Any]:
     n = len(records)
     out: dict[str, Any] = {"n": n}
-    for field, name in RATES:
-        hits = sum(1 for r in records if r[field])
-        out[name] = hits / n if n else 0.0
-        out[f"{name}_ci95_low"], out[f"{name}_ci95_high"] = wilson_interval(hits, n)
-    for field, name in MEANS:
-        out[name] = statistics.fmean(float(r[field]) for r in records) if n else 0.0
+    for rate in RATES:
+        hits = sum(1 for r in records if r[rate.field])
+        out[rate.key] = hits / n if n else 0.0
+        out[f"{rate.key}_ci95_low"], out[f"{rate.key}_ci95_high"] = wilson_interval(hits, n)
+    for mean in MEANS:
+        out[mean.key] = statistics.fmean(float(r[mean.field]) for r in records) if n else 0.0
     return out

@@ -1,6 +1,6 @@
 """The tiny offline Qwen3-VL: tokenizer, image-only processor, model, and its warm start.
 
-Everything here runs on a CPU without network in seconds (FACTS.md, "A tiny Qwen3-VL offline"):
+Everything here runs on a CPU without network in seconds (docs/library-notes.md, "A tiny Qwen3-VL"):
 
 1. :func:`build_tiny_model` trains a byte-level BPE tokenizer with ``tokenizers`` on a deterministic
    corpus (the prompt template, the tags, digits, the train questions), wraps it as a Qwen2 tokenizer
@@ -10,7 +10,7 @@ Everything here runs on a CPU without network in seconds (FACTS.md, "A tiny Qwen
    byte-identical.
 2. :func:`warm_start` fine-tunes it briefly (all weights, cross-entropy on the completion tokens) on
    the TRAIN split with targets that mix well- and badly-formatted completions. A random model never
-   emits the tags, so every reward is 0 and GSPO has nothing to learn from (FACTS.md). The format of a
+   emits the tags, so every reward is 0 and GSPO has nothing to learn from. The format of a
    target depends on the question kind (``metadata.task``): "well-leaning" kinds are well formatted
    except for a minority share, "defect-leaning" kinds carry one characteristic defect (missing
    ``</SOLUTION>``, two SOLUTION blocks, or no REASONING block) except for a minority share that is
@@ -49,6 +49,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QW
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlrl.config import ModelParams, TinyModelBuild
+from vlrl.errors import ConfigError
 from vlrl.io import atomic_write_json
 from vlrl.modeling import (
     END_OF_TURN_TOKENS,
@@ -83,7 +84,7 @@ CHAT_TEMPLATE = (
 #: The short reasoning in every warm-start target (also in the tokenizer corpus).
 REASONING_TEXT = "Read the figure and work out the value."
 
-#: Completion styles of the warm start. Each defect costs one format point (FACTS.md reward rules).
+#: Completion styles of the warm start. Each defect costs one format point (the reference format reward).
 WELL = "well_formatted"
 DEFECTS = ("missing_solution_end", "two_solution_blocks", "missing_reasoning")
 
@@ -194,8 +195,6 @@ def _generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
 
 def build_tiny_model(build: TinyModelBuild, seed: int, out_dir: Path, corpus: Iterable[str]) -> None:
     """Build tokenizer, processor and a randomly initialised tiny Qwen3-VL into ``out_dir``.
-
-    >>> # build_tiny_model(params.model.build, params.seed, Path("/tmp/m"), tokenizer_corpus(t, qs))
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -316,8 +315,6 @@ def warm_start(model_dir: Path, train_split: Any, prompt_template: str, build: T
 
     Returns a summary (steps, first/last loss, styles per question kind) that the model stage saves
     as ``warm_start.json``.
-
-    >>> # summary = warm_start(Path("data/tiny/model"), load_split(splits, "train"), template, build, 3407)
     """
     with torch_threads(WARM_START_THREADS):
         return _warm_start(Path(model_dir), train_split, prompt_template, build, seed)
@@ -334,7 +331,8 @@ def _warm_start(model_dir: Path, train_split: Any, prompt_template: str, build: 
                                                             use_safetensors=True)
     rows = [dict(r) for r in train_split]
     if not rows:
-        raise ValueError("warm_start: the train split is empty; run the fetch stage with more items")
+        raise ConfigError("warm_start: the train split is empty; raise data.offline.n_items or lower "
+                          "data.eval_fraction in params.yaml")
     targets, by_kind = _targets(rows, build, seed)
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)
@@ -392,7 +390,7 @@ def build_and_warm_start(model: ModelParams, prompt_template: str, train_split: 
     returns the pin.
     """
     if model.build is None:
-        raise ValueError(f"params.yaml: profiles.<profile>.model.build is null for model {model.id!r}: "
+        raise ConfigError(f"params.yaml: profiles.<profile>.model.build is null for model {model.id!r}: "
                          "only a model with a build section is built offline")
     questions = [str(q) for q in train_split["question"]]
     build_tiny_model(model.build, seed, out_dir, tokenizer_corpus(prompt_template, questions))

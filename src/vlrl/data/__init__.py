@@ -2,8 +2,8 @@
 
 Modules, one job each: :mod:`~vlrl.data.schema` (columns), :mod:`~vlrl.data.offline` (generator),
 :mod:`~vlrl.data.sources` (offline / hub / local), :mod:`~vlrl.data.transform` (bad rows, numeric
-filter, resize + RGB), :mod:`~vlrl.data.split` (seeded held-out split), :mod:`~vlrl.data.manifest`,
-:mod:`~vlrl.data.splits` (fetch and load_split).
+filter, resize + RGB), :mod:`~vlrl.data.heldout` (the seeded held-out split), :mod:`~vlrl.data.manifest`,
+:mod:`~vlrl.data.fetch` (the fetch stage's job: :func:`fetch_splits`, and :func:`load_split`).
 
 Split row schema (train and eval; read by generation, scoring and training):
 
@@ -26,9 +26,8 @@ metadata        struct                      as the hub's: category, context, gra
 query           string                      MathVista's prompt: hint + question (+ choices)
 ==============  ==========================  ====================================================
 
->>> # from vlrl.data import fetch, load_split
 """
 
-from vlrl.data.splits import fetch, load_split
+from vlrl.data.fetch import fetch_splits, load_split
 
-__all__ = ["fetch", "load_split"]
+__all__ = ["fetch_splits", "load_split"]

@@ -7,8 +7,7 @@
 ``--local`` is a ``datasets`` save_to_disk folder, a parquet file, or a folder of parquet files (e.g. a
 ``huggingface-cli download AI4Math/MathVista --repo-type dataset`` snapshot). Defaults for image size,
 eval fraction, minimum image side and seed come from the profile's ``data`` section and the shared
-``seed`` in params.yaml; flags override them. The ``vlrl`` console command can mount the same parser
-with :func:`add_fetch_parser` (handler signature ``(args) -> int``).
+``seed`` in params.yaml; flags override them.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlrl.config import DEFAULT_PARAMS_PATH, LocalSource, load_params
-from vlrl.data.splits import fetch
+from vlrl.data.fetch import fetch_splits
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,19 +47,10 @@ def fetch_local(args: argparse.Namespace) -> int:
     data = dataclasses.replace(data, source="local", local=local, **overrides)
     data.validate(f"profiles.{args.profile}.data (with command-line overrides)")
     seed = params.seed if args.seed is None else args.seed
-    manifest = fetch(data, seed, args.splits_dir, args.manifest)
+    manifest = fetch_splits(data, seed, args.splits_dir, args.manifest)
     logging.getLogger(__name__).info("train %d, eval %d -> %s; manifest %s", manifest["splits"]["train"]["n"],
                                      manifest["splits"]["eval"]["n"], args.splits_dir, args.manifest)
     return 0
-
-
-def add_fetch_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``fetch-local`` on a ``vlrl`` subparsers object (sets ``handler=fetch_local``)."""
-    parser = subparsers.add_parser("fetch-local", help="fetch MathVista from a local copy into splits",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    parser.set_defaults(handler=fetch_local)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,5 +58,4 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return fetch_local(args)

@@ -21,8 +21,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from vlrl.data.schema import ANSWER_TYPES, QUESTION_TYPES
 from vlrl.data.transform import TransformResult
+from vlrl.mathvista import ANSWER_TYPES, QUESTION_TYPES
 
 
 def pid_sha256(pids: Sequence[str]) -> str:

@@ -1,7 +1,7 @@
 """Column schemas: MathVista's on the hub (what the sources yield) and ours (what the splits hold).
 
 The hub's features are copied from the dataset card of ``AI4Math/MathVista`` (``dataset_info``; see
-FACTS.md "MathVista"). The offline generator, the local-mirror loader and the test fixtures all build
+docs/mathvista.md). The offline generator, the local-mirror loader and the test fixtures all build
 data with :data:`HUB_FEATURES`, so the one transform sees the same types whatever the source.
 
 Split rows (``data/<profile>/splits/{train,eval}``, read by generation, scoring and training) have
@@ -64,8 +64,6 @@ SPLIT_FEATURES = Features({
 #: Columns a source must have (the hub's); extra columns are ignored.
 REQUIRED_SOURCE_COLUMNS = tuple(HUB_FEATURES)
 
-QUESTION_TYPES = ("free_form", "multi_choice")
-ANSWER_TYPES = ("integer", "float", "text", "list")
 
 
 def mathvista_query(question: str, question_type: str, answer_type: str, precision: float | None,

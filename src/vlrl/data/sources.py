@@ -27,11 +27,12 @@ from datasets.exceptions import DatasetsError
 from vlrl.config import DataParams, HubSource, LocalSource, OfflineSource
 from vlrl.data.offline import generate_offline
 from vlrl.data.schema import REQUIRED_SOURCE_COLUMNS
+from vlrl.errors import VlrlError
 
 log = logging.getLogger(__name__)
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(VlrlError, RuntimeError):
     """The source could not be read; the message says what was tried and how to proceed."""
 
 
@@ -66,8 +67,6 @@ def load_offline(offline: OfflineSource, seed: int) -> SourceData:
 
 def load_hub(hub: HubSource) -> SourceData:
     """MathVista from the hub at a pinned revision (network, or HF_HUB_OFFLINE=1 with a warm cache).
-
-    >>> # load_hub(HubSource("AI4Math/MathVista", "testmini", "2b6ad694...")).dataset.num_rows -> 1000
     """
     log.info("loading %s (split %s, revision %s) from the Hugging Face hub or its cache",
              hub.path, hub.split, hub.revision)
@@ -95,8 +94,6 @@ def _parquet_files(folder: Path, split: str) -> list[Path]:
 
 def load_local(local: LocalSource) -> SourceData:
     """A local copy with the hub's columns: save_to_disk folder, parquet file, or folder of parquet files.
-
-    >>> # load_local(LocalSource(path="/mirror/MathVista", split="testmini")).dataset.num_rows -> 1000
     """
     path = Path(str(local.path)).expanduser()
     where = f"data.local.path {str(path)!r}"

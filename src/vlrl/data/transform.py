@@ -5,7 +5,7 @@ Steps, in order; each drops rows with a reason and the manifest records ``rows_a
 1. ``unique_pid``: ``duplicate_pid`` (the first row with a pid is kept).
 2. ``numeric_answer``: ``missing_answer`` (None or blank), ``non_numeric_answer``. The reference
    notebook keeps a row when ``float(answer)`` parses; on MathVista testmini that keeps 566 of 1,000
-   rows (FACTS.md). Like the reference we keep everything ``float()`` accepts, including "nan",
+   rows (docs/reference-experiment.md). Like the reference we keep everything ``float()`` accepts, including "nan",
    "inf", "1e3" and " 7 "; non-finite answers are counted in the manifest (``nonfinite_answers_kept``)
    so that a data change bringing them in is visible. The gold string itself is never rewritten.
 3. ``question``: ``empty_question`` (None or blank).
@@ -34,6 +34,8 @@ from typing import Any
 
 from PIL import Image
 
+from vlrl.errors import CorruptInputError
+
 #: The steps, in order (manifest keys ``rows_after_<step>``).
 STEPS = ("unique_pid", "numeric_answer", "question", "image")
 
@@ -46,7 +48,7 @@ REASONS = {
 }
 
 
-class NoRowsLeftError(ValueError):
+class NoRowsLeftError(CorruptInputError):
     """Every row was dropped: nothing to split."""
 
 

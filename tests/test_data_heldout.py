@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlrl.data.split import assign_eval, eval_quota, pid_uniform
+from vlrl.data.heldout import assign_eval, eval_quota, pid_uniform
 
 STRATA = [("free_form", "integer"), ("free_form", "float"), ("multi_choice", "integer")]
 

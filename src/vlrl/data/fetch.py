@@ -1,6 +1,6 @@
-"""Fetch (source -> transform -> split -> disk) and read the splits back.
+"""The fetch stage's job (source -> transform -> held-out split -> disk), and reading the splits back.
 
-``fetch`` writes ``splits_dir/train`` and ``splits_dir/eval`` (``datasets.Dataset.save_to_disk``
+:func:`fetch_splits` writes ``splits_dir/train`` and ``splits_dir/eval`` (``datasets.Dataset.save_to_disk``
 folders with :data:`vlrl.data.schema.SPLIT_FEATURES`) plus ``splits_dir/manifest.json``, all inside
 one :func:`vlrl.io.atomic_directory` (an interrupted run leaves the previous complete folder, or
 nothing, never a half-written one), then the manifest at ``manifest_path`` (written last).
@@ -16,11 +16,12 @@ import datasets
 from datasets import Dataset
 
 from vlrl.config import PROFILES, DataParams
+from vlrl.data.heldout import assign_eval
 from vlrl.data.manifest import build_manifest
 from vlrl.data.schema import SPLIT_FEATURES
 from vlrl.data.sources import load_source
-from vlrl.data.split import assign_eval
 from vlrl.data.transform import transform_rows
+from vlrl.errors import ConfigError, MissingInputError
 from vlrl.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "eval")
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(ConfigError):
     """A split would be empty (too few rows per stratum for the eval fraction)."""
 
 
@@ -36,13 +37,17 @@ def _to_dataset(rows: list[dict[str, Any]]) -> Dataset:
     return Dataset.from_list(rows, features=SPLIT_FEATURES)
 
 
-def fetch(data: DataParams, seed: int, splits_dir: Path, manifest_path: Path) -> dict[str, Any]:
+def fetch_splits(data: DataParams, seed: int, splits_dir: Path, manifest_path: Path) -> dict[str, Any]:
     """Load the source, run the transform, split, and write the splits and the manifest atomically.
 
     Returns the manifest dict (see :mod:`vlrl.data.manifest`).
 
-    >>> # from vlrl.config import load_params; p = load_params()
-    >>> # fetch(p.profile("tiny").data, p.seed, Path("/tmp/s"), Path("/tmp/m.json"))["splits"]["eval"]["n"]
+    >>> import tempfile
+    >>> from vlrl.config import DataParams, OfflineSource
+    >>> data = DataParams("offline", 32, 0.3, offline=OfflineSource(n_items=40, canvas_px=48))
+    >>> out = Path(tempfile.mkdtemp())
+    >>> fetch_splits(data, 0, out / "splits", out / "manifest.json")["splits"]["eval"]["n"] > 0
+    True
     """
     splits_dir, manifest_path = Path(splits_dir), Path(manifest_path)
     source = load_source(data, seed)
@@ -78,14 +83,13 @@ def _profile_hint(splits_dir: Path) -> str:
 def load_split(splits_dir: Path, name: Literal["train", "eval"]) -> Dataset:
     """One split as a ``datasets.Dataset`` (columns: :data:`vlrl.data.schema.SPLIT_FEATURES`).
 
-    >>> # load_split(Path("data/tiny/splits"), "eval")[0]["image"].size -> (64, 64)
     """
     if name not in SPLIT_NAMES:
         raise ValueError(f"split name {name!r}: allowed: {', '.join(SPLIT_NAMES)}")
     splits_dir = Path(splits_dir)
     folder = splits_dir / name
     if not (folder / "state.json").is_file():
-        raise FileNotFoundError(f"{folder}: no {name} split here; {_profile_hint(splits_dir)}")
+        raise MissingInputError(f"{folder}: no {name} split here; {_profile_hint(splits_dir)}")
     # In memory, so that .map()/.filter() downstream never write cache-*.arrow files into the split
     # folder: that folder is the fetch stage's DVC output, and any new file in it makes DVC see the
     # data as modified and re-run every stage after fetch.

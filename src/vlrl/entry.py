@@ -1,0 +1,80 @@
+"""How every entry point ends: ``stages/*.py`` and the ``vlrl`` command.
+
+A :class:`~vlrl.errors.VlrlError` (bad params, missing or corrupt input, no network, no GPU) is the
+user's to fix: its message goes to stderr, prefixed with the program name, and the process exits
+with the error's status (1, or 2 for a bad command line), without a traceback. ``VLRL_DEBUG=1``
+re-raises it, traceback included. Any other exception is a bug and keeps its traceback.
+
+    from vlrl.entry import run_stage
+
+    def main() -> None:
+        ...
+
+    if __name__ == "__main__":
+        run_stage(main)
+
+Pure module: imports neither torch nor DVC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from vlrl.config import DEFAULT_PARAMS_PATH, PROFILES
+from vlrl.errors import VlrlError
+
+DEBUG_VARIABLE = "VLRL_DEBUG"
+#: Exit status after Ctrl-C (128 + SIGINT), the shell's convention.
+INTERRUPTED = 130
+
+
+def debug_enabled() -> bool:
+    """``VLRL_DEBUG`` is set to something other than empty, 0, false, no or off."""
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def report_error(prog: str, error: VlrlError) -> int:
+    """Print ``prog: error: <message>`` to stderr; returns the exit status for ``error``."""
+    message = str(error).strip() or type(error).__name__
+    try:
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr itself is gone: the status still says it failed
+        pass
+    return error.exit_code
+
+
+def configure_logging() -> None:
+    """INFO lines as ``LEVEL name: message`` on stderr (progress bars go there too)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_stage(main: Callable[[], int | None], prog: str | None = None) -> NoReturn:
+    """Run ``main`` and exit: 0 (or its return value), the error's status, or 130 on Ctrl-C."""
+    prog = prog or Path(sys.argv[0]).as_posix()
+    configure_logging()
+    try:
+        status = main()
+    except VlrlError as error:
+        if debug_enabled():
+            raise
+        sys.exit(report_error(prog, error))
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    sys.exit(status or 0)
+
+
+def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the options every stage takes: ``--profile`` and ``--params``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True, choices=PROFILES, help="which profile of params.yaml")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_PATH, help="default: %(default)s")
+    return parser

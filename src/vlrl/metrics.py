@@ -1,0 +1,95 @@
+"""The metric vocabulary: every key in ``metrics/<profile>/*.json``, its label and its meaning.
+
+One owner for the names: the scorer writes these keys, the report labels and tests them, and
+``vlrl explain-metrics`` prints the glossary, all from the tables below.
+
+- :data:`RATES`: shares of held-out completions, each written with a 95% Wilson interval as
+  ``<key>_ci95_low`` / ``<key>_ci95_high``; those marked ``paired`` get an exact McNemar test in the
+  report (before and after are scored on the same items).
+- :data:`MEANS`: means of per-example values (rewards, lengths).
+- :data:`TELEMETRY_KEYS`: keys that depend on the machine or on the interruption history, not on the
+  experiment (the reproduction check ignores them).
+
+Pure module: imports neither torch nor DVC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A rate: the share of per-example records whose boolean ``field`` is true."""
+
+    key: str
+    field: str
+    label: str
+    paired: bool = False
+
+
+@dataclass(frozen=True)
+class Mean:
+    """A mean of the per-example number ``field``."""
+
+    key: str
+    field: str
+    label: str
+
+
+RATES = (
+    Rate("format_compliance", "format_compliant", "format compliance", paired=True),
+    Rate("accuracy_strict", "accuracy_strict", "accuracy (strict, case study)", paired=True),
+    Rate("accuracy_numeric", "accuracy_numeric", "accuracy (strict or numeric)", paired=True),
+    Rate("accuracy_mathvista", "accuracy_mathvista", "accuracy (MathVista official)", paired=True),
+    Rate("addcriterion_rate", "addcriterion_penalty", "addCriterion penalty rate"),
+    Rate("truncation_rate", "truncated", "truncation rate"),
+)
+MEANS = (
+    Mean("reward_format_mean", "format", "mean format reward"),
+    Mean("reward_correctness_mean", "correctness", "mean correctness reward"),
+    Mean("reward_total_mean", "total", "mean total reward (weighted)"),
+    Mean("completion_tokens_mean", "completion_tokens", "mean completion length (tokens)"),
+)
+#: Per-example field -> prefix of the breakdown keys (``<prefix>.<value>.<metric>``).
+GROUPS = (("question_type", "by_question_type"), ("answer_type", "by_answer_type"))
+CI_SUFFIXES = ("_ci95_low", "_ci95_high")
+
+#: Keys that depend on the machine, not on the experiment (compared by name at any nesting level).
+TELEMETRY_KEYS = frozenset({
+    "wall_time_s", "seconds_per_step", "peak_rss_mb", "peak_gpu_mem_mb", "tokens_per_second",
+    "resume_seconds", "examples_per_second", "samples_per_second",
+    # a run resumed after an interruption ends with the same results; only this records the resume
+    "resumed_from_step",
+})
+
+#: Every metric key users meet in metrics/<profile>/*.json, with its meaning.
+METRIC_DEFINITIONS: dict[str, str] = {
+    "n": "number of held-out (eval split) examples scored",
+    "format_compliance": "share of completions whose format reward is the maximum 2.0: exactly one "
+    "<REASONING> block, exactly one <SOLUTION> block, no addCriterion penalty",
+    "accuracy_strict": "the case study's accuracy: the single SOLUTION content, newlines removed, equals the "
+    "gold answer string exactly (991.0 is wrong for 991)",
+    "accuracy_numeric": "strict OR numeric match: the SOLUTION content and the gold both parse as finite numbers "
+    "and are equal (the 1.5 reward criterion)",
+    "accuracy_mathvista": "MathVista's official normalisation of the SOLUTION content (integer -> int, float -> "
+    "rounded to the item's precision, multiple choice -> choice text), comparable with published numbers",
+    "reward_format_mean": "mean unweighted format reward (range -2..2)",
+    "reward_correctness_mean": "mean unweighted correctness reward (2.0 exact, 1.5 numeric, 0 otherwise)",
+    "reward_total_mean": "mean weighted total: format_weight * format + correctness_weight * correctness",
+    "addcriterion_rate": "share of completions that triggered the addCriterion/newline gibberish penalty (-2)",
+    "truncation_rate": "share of completions that hit max_new_tokens without an end-of-turn token",
+    "completion_tokens_mean": "mean number of generated tokens per completion",
+    "*_ci95_low / *_ci95_high": "95% Wilson score interval of the rate named before the suffix",
+    "by_question_type.* / by_answer_type.*": "the same metrics within one MathVista question or answer type",
+}
+
+
+def glossary_text() -> str:
+    """The glossary as aligned plain text (``vlrl explain-metrics``).
+
+    >>> glossary_text().splitlines()[0].split()[:2]
+    ['n', 'number']
+    """
+    width = max(map(len, METRIC_DEFINITIONS))
+    return "\n".join(f"{key:<{width}}  {meaning}" for key, meaning in METRIC_DEFINITIONS.items())

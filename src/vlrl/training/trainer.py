@@ -1,0 +1,310 @@
+"""The train stage's job: TRL's ``GRPOTrainer`` in GSPO mode on the TRAIN split -> LoRA adapter.
+
+GSPO here is TRL's ``GRPOTrainer`` with ``importance_sampling_level="sequence"``; it differs from GRPO
+only off-policy (:func:`vlrl.config.is_off_policy`), which ``train.json`` records.
+
+- :func:`build_train_dataset` / :func:`drop_long_prompts`: the TRAIN split only, with a conversational
+  ``prompt`` column (image first, :func:`vlrl.prompts.build_prompt`), the ``image`` column and the gold
+  fields the rewards read. TRL removed ``max_prompt_length`` (0.28), so prompts longer than
+  ``train.max_prompt_length`` tokens (image tokens included) are dropped here and counted.
+- :func:`build_grpo_config`: the typed params -> ``GRPOConfig`` under TRL 1.15's names.
+- :func:`train`: the stage's whole job: resume (:mod:`~vlrl.training.checkpoints`), train with the
+  callbacks (:mod:`~vlrl.training.callbacks`), write the adapter atomically (never after a non-finite
+  loss), the curves and ``train.json``.
+
+Import order: this module imports trl/transformers; on the unsloth backend call
+:func:`vlrl.modeling.prepare_backend` BEFORE importing it (see :mod:`vlrl.modeling`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from vlrl.config import GSPOParams, TrainParams, TrainStageParams, is_off_policy
+from vlrl.errors import ConfigError, VlrlError
+from vlrl.generation import prompt_token_counts
+from vlrl.io import atomic_directory, atomic_write_json
+from vlrl.mathvista import GOLD_FIELDS
+from vlrl.modeling import load_model_and_processor, load_processor, resolve_device, torch_threads
+from vlrl.prompts import build_prompt
+from vlrl.rewards import FORMAT_RATE_KEY, build_reward_functions
+from vlrl.training.callbacks import CheckpointMarker, CurveWriter, DivergenceGuard, write_curves
+from vlrl.training.checkpoints import (
+    checkpoint_step,
+    data_fingerprint,
+    finished_state,
+    prepare_checkpoints_dir,
+    setup_fingerprint,
+)
+from vlrl.training.trl_cpu_shim import ensure_trl_logprob_kernel
+
+log = logging.getLogger(__name__)
+
+#: Columns of the train split that reach the reward functions as keyword arguments (TRL passes every
+#: non-prompt column); ``answer`` is the gold the correctness reward reads.
+REWARD_COLUMNS = ("pid", *GOLD_FIELDS)
+
+
+class TrainingDivergedError(VlrlError):
+    """The loss or the trainable weights became NaN/inf; no adapter was written."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+
+def build_train_dataset(train_split: Any, prompt_template: str) -> Any:
+    """The TRL data set: ``prompt`` (conversational, image first), ``image`` and the gold columns."""
+    keep = ["image", "question", *[c for c in REWARD_COLUMNS if c in train_split.column_names]]
+    dataset = train_split.select_columns(keep)
+    return dataset.map(lambda row: {"prompt": build_prompt(row["question"], prompt_template)},
+                       remove_columns=["question"], desc="prompts")
+
+
+def drop_long_prompts(dataset: Any, processor: Any, prompt_template: str, max_prompt_length: int,
+                      questions: Sequence[str]) -> tuple[Any, int]:
+    """Drop rows whose templated prompt (image tokens included) exceeds ``max_prompt_length`` tokens.
+
+    TRL 0.28 removed ``max_prompt_length`` (docs/library-notes.md), and truncating a multimodal prompt
+    would cut image tokens out of their image, so over-long prompts are dropped and counted instead.
+    """
+    lengths = prompt_token_counts(processor, dataset.add_column("question", list(questions)), prompt_template)
+    keep = [i for i, n in enumerate(lengths) if n <= max_prompt_length]
+    dropped = len(lengths) - len(keep)
+    if dropped:
+        log.warning("dropped %d of %d train prompts longer than train.max_prompt_length = %d tokens "
+                    "(longest: %d)", dropped, len(lengths), max_prompt_length, max(lengths))
+    if not keep:
+        raise ConfigError(f"params.yaml: train.max_prompt_length = {max_prompt_length}: every train prompt "
+                          f"is longer (shortest: {min(lengths)} tokens); raise it")
+    return (dataset.select(keep) if dropped else dataset), dropped
+
+
+# ------------------------------------------------------------------------------------------------
+# TRL config
+# ------------------------------------------------------------------------------------------------
+
+
+#: TrainParams fields that are not GRPOConfig fields: ``warmup_ratio`` is passed as ``warmup_steps``
+#: (transformers 5 dropped ``warmup_ratio``; a float < 1 is a ratio), ``max_prompt_length`` was removed
+#: from TRL in 0.28 (:func:`drop_long_prompts` applies it), ``cpu_threads`` is vlrl's own.
+_NOT_IN_GRPO_CONFIG = ("warmup_ratio", "max_prompt_length", "cpu_threads")
+
+
+def build_grpo_config(train: TrainParams, gspo: GSPOParams, seed: int, output_dir: Path, *, device: str,
+                      reward_weights: Sequence[float]) -> GRPOConfig:
+    """``GRPOConfig`` from params (docs/reference-experiment.md, "Training").
+
+    Every field of the ``gspo`` section and of ``train`` (but :data:`_NOT_IN_GRPO_CONFIG`) is the
+    GRPOConfig field of the same name in TRL 1.15, so a knob added to params.yaml reaches TRL as is;
+    the rest is fixed here, with the reason.
+
+    >>> from vlrl.config import GSPOParams, TrainParams
+    >>> t = TrainParams(5e-6, 0.9, 0.99, 0.1, 0.1, "cosine", "adamw_torch", 2, 1, 2, 64, 64, 1.0, -1, 0.1)
+    >>> g = GSPOParams("sequence", "dr_grpo", False, 0.0, 0.2, None, 1, None)
+    >>> c = build_grpo_config(t, g, 3407, Path("/tmp/ckpt"), device="cpu", reward_weights=[0.3, 1.0])
+    >>> c.importance_sampling_level, c.loss_type, c.bf16, c.steps_per_generation, c.warmup_steps
+    ('sequence', 'dr_grpo', False, 1, 0.1)
+    """
+    on_cuda = device == "cuda"
+    same_names = {name: value for name, value in dataclasses.asdict(train).items()
+                  if name not in _NOT_IN_GRPO_CONFIG}
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        **dataclasses.asdict(gspo),
+        **same_names,
+        reward_weights=list(reward_weights),
+        warmup_steps=train.warmup_ratio,
+        # ---- precision and memory: TRL sets bf16=True when unset, even on CPU (docs/library-notes.md)
+        bf16=on_cuda,
+        fp16=False,
+        use_cpu=not on_cuda,
+        gradient_checkpointing=on_cuda,  # saves memory on the 8B model; only slows the tiny one
+        # ---- checkpoints, logs, determinism
+        save_strategy="steps",
+        save_only_model=False,  # optimizer, scheduler and RNG states are needed to resume exactly
+        save_total_limit=2,  # older checkpoints are deleted only after a newer one is complete
+        logging_nan_inf_filter=False,  # the Trainer would hide a NaN loss behind the running mean
+        report_to="none",  # curves are written from log_history (vlrl.training.callbacks)
+        log_completions=False,
+        disable_tqdm=False,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def _tenth_means(log_history: Sequence[dict], key: str) -> tuple[float | None, float | None]:
+    values = [e[key] for e in log_history if e.get(key) is not None and "train_runtime" not in e]
+    if not values:
+        return None, None
+    k = max(1, len(values) // 10)
+    return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+def _peak_memory() -> dict[str, float]:
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return {"peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+
+
+def train_metrics(log_history: Sequence[dict], *, params: TrainStageParams, steps: int, wall_time_s: float,
+                  steps_run: int, tokens_run: int, prompts_dropped: int, prompts_used: int,
+                  resumed_from_step: int) -> dict:
+    """The flat ``train.json``: what training did, the first/last tenth of its curves, its cost.
+
+    ``*_first_tenth`` / ``*_last_tenth`` average the first / last tenth of the logged steps (at least one),
+    rounded to 6 decimals (float32 logs carry no more). Timing fields cover this process only (a
+    resumed run times its own steps).
+    """
+    reward_first, reward_last, format_first, format_last = (
+        None if value is None else round(value, 6)
+        for value in (*_tenth_means(log_history, "reward"), *_tenth_means(log_history, FORMAT_RATE_KEY)))
+    return {
+        "steps": steps,
+        "reward_mean_first_tenth": reward_first,
+        "reward_mean_last_tenth": reward_last,
+        "format_rate_first_tenth": format_first,
+        "format_rate_last_tenth": format_last,
+        "prompts_used": prompts_used,
+        "prompts_dropped": prompts_dropped,
+        "off_policy": is_off_policy(params.train, params.gspo),
+        "importance_sampling_level": params.gspo.importance_sampling_level,
+        "loss_type": params.gspo.loss_type,
+        "num_generations": params.train.num_generations,
+        "resumed_from_step": resumed_from_step,
+        "wall_time_s": round(wall_time_s, 3),
+        "seconds_per_step": round(wall_time_s / steps_run, 4) if steps_run else None,
+        "tokens_per_second": round(tokens_run / wall_time_s, 1) if wall_time_s > 0 and steps_run else None,
+        **_peak_memory(),
+    }
+
+
+def _tokens_seen(log_history: Sequence[dict], since_step: int) -> int:
+    """Prompt + completion tokens processed after ``since_step`` (TRL logs a running ``num_tokens``)."""
+    counts = [(e["step"], e["num_tokens"]) for e in log_history if "num_tokens" in e]
+    if not counts:
+        return 0
+    before = max((n for step, n in counts if step <= since_step), default=0)
+    return int(counts[-1][1] - before)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage
+# ------------------------------------------------------------------------------------------------
+
+
+def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapter_dir: Path,
+          checkpoints_dir: Path, curves_dir: Path, metrics_path: Path,
+          extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Train the LoRA adapter with GSPO on ``train_split`` (the TRAIN split, MathVista format).
+
+    Returns the metrics written to ``metrics_path``.
+    """
+    model_dir, adapter_dir, checkpoints_dir = Path(model_dir), Path(adapter_dir), Path(checkpoints_dir)
+
+    # ---- data: prompts, over-long prompts dropped (processor only, no model yet) ---------------------
+    processor = load_processor(params.model, model_dir)
+    dataset = build_train_dataset(train_split, params.prompt.template)
+    dataset, dropped = drop_long_prompts(dataset, processor, params.prompt.template,
+                                         params.train.max_prompt_length, list(train_split["question"]))
+
+    # ---- checkpoints: resume only what this very setup wrote ------------------------------------------
+    fingerprint = setup_fingerprint(params, model_dir, data_fingerprint(train_split))
+    resume = prepare_checkpoints_dir(checkpoints_dir, fingerprint)
+    resumed_from_step = checkpoint_step(resume) if resume is not None else 0
+    if resume is not None:
+        log.info("resuming from %s (step %d)", resume, resumed_from_step)
+    _log_policy(params)
+
+    # ---- model and trainer (unless the last checkpoint already is the end of training) ---------------
+    finished = finished_state(resume)
+    if finished is not None:
+        # transformers would run one extra step (at learning rate 0) when resumed at max_steps.
+        log.info("%s is the end of training: writing its adapter, nothing to train", resume)
+        with atomic_directory(adapter_dir) as tmp:
+            for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+                if (resume / name).is_file():
+                    shutil.copy2(resume / name, tmp / name)
+        history, global_step, wall_time_s = finished["log_history"], finished["global_step"], 0.0
+    else:
+        device = resolve_device(params.model)
+        with torch_threads(params.train.cpu_threads if device == "cpu" else None):
+            trainer, guard = _trainer(params, model_dir, dataset, checkpoints_dir, curves_dir, extra_callbacks)
+            started = time.perf_counter()
+            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+            wall_time_s = time.perf_counter() - started
+        if guard.problem is not None:
+            raise TrainingDivergedError(
+                f"training stopped: {guard.problem}. No adapter was written. Lower "
+                f"profiles.{params.profile}.train.learning_rate (now {params.train.learning_rate}) or "
+                f"max_grad_norm (now {params.train.max_grad_norm}) in params.yaml, then delete "
+                f"{checkpoints_dir} (its checkpoints predate the divergence but share its setup) and re-run")
+        with atomic_directory(adapter_dir) as tmp:
+            trainer.model.save_pretrained(tmp, safe_serialization=True)
+        history, global_step = trainer.state.log_history, trainer.state.global_step
+
+    # ---- outputs: curves, metrics ----------------------------------------------------------------
+    write_curves(history, curves_dir)
+    metrics = train_metrics(history, params=params, steps=global_step, wall_time_s=wall_time_s,
+                            steps_run=global_step - resumed_from_step,
+                            tokens_run=_tokens_seen(history, resumed_from_step), prompts_dropped=dropped,
+                            prompts_used=len(dataset), resumed_from_step=resumed_from_step)
+    atomic_write_json(metrics_path, metrics)
+    return metrics
+
+
+def _log_policy(params: TrainStageParams) -> None:
+    generate_every = (params.gspo.steps_per_generation or params.train.gradient_accumulation_steps) \
+        * params.gspo.num_iterations
+    if (params.train.save_steps * params.train.gradient_accumulation_steps) % generate_every:
+        # TRL keeps the completions of a generation block in memory only: a checkpoint inside a block
+        # resumes by generating anew, so the resumed run is valid but not identical to an uninterrupted one.
+        log.warning("profiles.%s.train.save_steps = %d is not a multiple of a generation block (%d micro-steps): "
+                    "resuming from a checkpoint will not reproduce an uninterrupted run exactly",
+                    params.profile, params.train.save_steps, generate_every)
+    if is_off_policy(params.train, params.gspo):
+        log.info("off-policy training: GSPO's sequence-level ratio differs from GRPO's token-level one")
+    else:
+        log.info("on-policy training (steps_per_generation = gradient_accumulation_steps, num_iterations = "
+                 "1): importance_sampling_level %r is mathematically GRPO here",
+                 params.gspo.importance_sampling_level)
+
+
+def _trainer(params: TrainStageParams, model_dir: Path, dataset: Any, checkpoints_dir: Path, curves_dir: Path,
+             extra_callbacks: Sequence[TrainerCallback]) -> tuple[GRPOTrainer, DivergenceGuard]:
+    """The LoRA model (vlrl.modeling: Unsloth or transformers) in TRL's GRPOTrainer, with our callbacks."""
+    model, processor = load_model_and_processor(params.model, model_dir, lora=params.lora,
+                                                for_training=True, seed=params.seed)
+    device = str(next(model.parameters()).device.type)
+    funcs, weights = build_reward_functions(params.rewards)
+    args = build_grpo_config(params.train, params.gspo, params.seed, checkpoints_dir, device=device,
+                             reward_weights=weights)
+    guard = DivergenceGuard()
+    if device != "cuda":  # on CUDA, TRL's Triton kernel (or Unsloth's fused head) stays in place
+        ensure_trl_logprob_kernel()
+    trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=funcs, args=args,
+                          train_dataset=dataset,
+                          callbacks=[CheckpointMarker(), guard, CurveWriter(curves_dir), *extra_callbacks])
+    return trainer, guard
