@@ -75,3 +75,13 @@ def naive_correctness_reward(completions: list[str], answer: list[str], rel_tol:
         0.0
         for r, a in zip(responses, answer, strict=True)
     ]
+
+
+_NO_TAG = r"(?:(?!</?(?:REASONING|SOLUTION)>).)*"
+#: The strict format as one regular expression (quadratic-safe enough for the short test inputs).
+STRICT_FORMAT = re.compile(rf"<REASONING>{_NO_TAG}</REASONING>\s*<SOLUTION>{_NO_TAG}</SOLUTION>", re.DOTALL)
+
+
+def naive_is_strict_format(completion: str) -> bool:
+    """The strict format by regex: whole (stripped) text, no tag inside a block, no addCriterion penalty."""
+    return bool(STRICT_FORMAT.fullmatch(completion.strip())) and naive_format_reward([completion])[0] >= 2.0

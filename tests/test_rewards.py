@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from naive_reference import naive_correctness_reward, naive_format_reward
+from naive_reference import naive_correctness_reward, naive_format_reward, naive_is_strict_format
 from vlrl.answers import judge
 from vlrl.config import RewardParams
 from vlrl.rewards import (
@@ -20,7 +20,9 @@ from vlrl.rewards import (
     completion_text,
     correctness_reward,
     explain,
+    format_gaming_patterns,
     format_reward,
+    is_strict_format,
 )
 
 REASONING = "<REASONING>The tallest bar reads 991.</REASONING>"
@@ -252,10 +254,55 @@ def test_breakdown_to_dict_is_flat_and_complete():
     assert all(not isinstance(value, dict) for value in flat.values())
     assert flat == {
         "reasoning_blocks": 1, "solution_blocks": 1, "addcriterion_share": flat["addcriterion_share"],
-        "addcriterion_penalty": False, "format": 2.0, "format_compliant": True, "solution": "991.0",
+        "addcriterion_penalty": False, "format": 2.0, "format_compliant": True,
+        "format_compliant_strict": True, "format_gamed": False, "solution": "991.0",
         "correctness": 1.5, "correctness_criterion": "numeric", "format_weight": 0.3,
         "correctness_weight": 1.0,
         "format_weighted": pytest.approx(0.6), "correctness_weighted": 1.5, "total": pytest.approx(2.1),
         "accuracy_strict": False, "accuracy_numeric": True, "accuracy_mathvista": True,
     }
 
+
+
+# --------------------------------------------------------------------------------------------
+# The strict format, and the gaming the reference format reward pays for
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("completion", "strict", "patterns"), [
+    pytest.param(f"{REASONING}\n<SOLUTION>991</SOLUTION>", True, (), id="what the prompt asks for"),
+    pytest.param(f"  \n{REASONING}<SOLUTION>991</SOLUTION>\n\n", True, (), id="surrounding whitespace is fine"),
+    pytest.param(f"{REASONING}<SOLUTION>1</SOLUTION></SOLUTION></SOLUTION>", False,
+                 ("stray closing tag", "text after </SOLUTION>"), id="the tiny run's gaming: extra closing tags"),
+    pytest.param(f"{REASONING}<SOLUTION>991</SOLUTION> I hope this helps", False, ("text after </SOLUTION>",),
+                 id="chatter after the answer"),
+    pytest.param(f"Sure! {REASONING}<SOLUTION>991</SOLUTION>", False, ("text before <REASONING>",),
+                 id="chatter before the reasoning"),
+    pytest.param(f"{REASONING} so: <SOLUTION>991</SOLUTION>", False, ("text between the blocks",),
+                 id="text between the blocks"),
+    pytest.param(f"<SOLUTION>991</SOLUTION>{REASONING}", False, ("text before <REASONING>", "text after </SOLUTION>",
+                 "blocks out of order"), id="answer first"),
+    pytest.param(f"{REASONING}<SOLUTION><SOLUTION>991</SOLUTION>", False, ("repeated opening tag",),
+                 id="a nested opening tag still gives one regex match"),
+    pytest.param(f"{REASONING}<SOLUTION>991</SOLUTION><SOLUTION>992</SOLUTION>", False, None,
+                 id="two SOLUTION blocks lose a format point: not gaming"),
+    pytest.param("<REASONING>" + "addCriterion\n" * 20 + "</REASONING><SOLUTION>1</SOLUTION>", False, None,
+                 id="the addCriterion penalty is never strict"),
+])
+def test_strict_format_and_gaming(completion, strict, patterns):
+    breakdown = _explain(completion)
+    assert (breakdown.format_compliant_strict, is_strict_format(completion)) == (strict, strict)
+    assert breakdown.format_gamed == (breakdown.format == 2.0 and not strict)
+    if patterns is not None:
+        assert format_gaming_patterns(completion) == patterns
+
+
+@settings(derandomize=True, max_examples=1000, deadline=None)
+@given(completion=tag_soup)
+@example(completion="<REASONING></REASONING><SOLUTION></SOLUTION>")
+@example(completion="<REASONING>a</REASONING>\n \t<SOLUTION>b</SOLUTION> ")
+@example(completion="<REASONING>a</SOLUTION></REASONING><SOLUTION>b</SOLUTION>")
+def test_strict_format_equals_the_regex_reference(completion):
+    assert is_strict_format(completion) == naive_is_strict_format(completion)
+    if is_strict_format(completion):
+        assert format_reward([completion]) == [2.0] and format_gaming_patterns(completion) == ()

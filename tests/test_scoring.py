@@ -139,7 +139,8 @@ def test_generations_must_match_the_eval_split_one_to_one(generations, message):
 
 
 _record = st.fixed_dictionaries({
-    "format_compliant": st.booleans(), "accuracy_strict": st.booleans(), "accuracy_numeric": st.booleans(),
+    "format_compliant": st.booleans(), "format_compliant_strict": st.booleans(), "format_gamed": st.booleans(),
+    "accuracy_strict": st.booleans(), "accuracy_numeric": st.booleans(),
     "accuracy_mathvista": st.booleans(), "addcriterion_penalty": st.booleans(), "truncated": st.booleans(),
     "format": st.sampled_from([-2.0, 0.0, 1.0, 2.0]), "correctness": st.sampled_from([0.0, 1.5, 2.0]),
     "total": st.floats(-1, 3), "completion_tokens": st.integers(0, 100),

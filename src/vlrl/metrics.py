@@ -39,6 +39,8 @@ class Mean:
 
 RATES = (
     Rate("format_compliance", "format_compliant", "format compliance", paired=True),
+    Rate("format_compliance_strict", "format_compliant_strict", "format compliance (strict)", paired=True),
+    Rate("format_gamed_rate", "format_gamed", "format gamed (max reward, not strict)", paired=True),
     Rate("accuracy_strict", "accuracy_strict", "accuracy (strict, case study)", paired=True),
     Rate("accuracy_numeric", "accuracy_numeric", "accuracy (strict or numeric)", paired=True),
     Rate("accuracy_mathvista", "accuracy_mathvista", "accuracy (MathVista official)", paired=True),
@@ -68,6 +70,11 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "n": "number of held-out (eval split) examples scored",
     "format_compliance": "share of completions whose format reward is the maximum 2.0: exactly one "
     "<REASONING> block, exactly one <SOLUTION> block, no addCriterion penalty",
+    "format_compliance_strict": "share of completions in exactly the asked format: <REASONING>...</REASONING>, "
+    "optional whitespace, <SOLUTION>...</SOLUTION>, no other tag inside, nothing else but surrounding whitespace, "
+    "no addCriterion penalty",
+    "format_gamed_rate": "share of completions with the maximum format reward that are not strictly formatted "
+    "(e.g. stray </SOLUTION> tags or text after the answer): reward the reference regex pays for gaming",
     "accuracy_strict": "the case study's accuracy: the single SOLUTION content, newlines removed, equals the "
     "gold answer string exactly (991.0 is wrong for 991)",
     "accuracy_numeric": "strict OR numeric match: the SOLUTION content and the gold both parse as finite numbers "

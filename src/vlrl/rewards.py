@@ -39,7 +39,7 @@ from vlrl.answers import (
     judge,
 )
 from vlrl.config import RewardParams
-from vlrl.prompts import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
+from vlrl.prompts import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START, TAGS
 
 #: The reference's reward values.
 ONE_BLOCK_REWARD = 1.0
@@ -139,6 +139,64 @@ def format_score(text: str) -> float:
     if has_addcriterion_penalty(text):
         score += ADDCRITERION_PENALTY
     return score
+
+
+def is_strict_format(text: str) -> bool:
+    """The format the prompt asks for, and nothing else: what the reference format reward fails to demand.
+
+    After stripping surrounding whitespace the completion is exactly ``<REASONING>``, text containing
+    none of the four tags, ``</REASONING>``, optional whitespace, ``<SOLUTION>``, text containing none of
+    the four tags, ``</SOLUTION>``; and the addCriterion penalty does not fire. Every strict completion
+    earns the maximum format reward; :data:`MAX_FORMAT_REWARD` without strictness is gaming
+    (:func:`format_gaming_patterns` names how).
+
+    >>> is_strict_format("  <REASONING>count</REASONING>\\n<SOLUTION>3</SOLUTION>\\n")
+    True
+    >>> is_strict_format("<REASONING>r</REASONING><SOLUTION>1</SOLUTION></SOLUTION></SOLUTION>")
+    False
+    """
+    body = text.strip()
+    if not (body.startswith(REASONING_START) and body.endswith(SOLUTION_END)):
+        return False
+    reasoning_end = body.find(REASONING_END, len(REASONING_START))
+    if reasoning_end < 0:
+        return False
+    reasoning = body[len(REASONING_START):reasoning_end]
+    rest = body[reasoning_end + len(REASONING_END):].lstrip()
+    if not rest.startswith(SOLUTION_START) or len(rest) < len(SOLUTION_START) + len(SOLUTION_END):
+        return False
+    solution = rest[len(SOLUTION_START):len(rest) - len(SOLUTION_END)]
+    return (not any(tag in reasoning or tag in solution for tag in TAGS)
+            and not has_addcriterion_penalty(text))
+
+
+#: Ways a completion earns the maximum format reward without the strict format, as the report names them.
+GAMING_PATTERNS = ("stray closing tag", "repeated opening tag", "text before <REASONING>",
+                   "text between the blocks", "text after </SOLUTION>", "blocks out of order")
+
+
+def format_gaming_patterns(text: str) -> tuple[str, ...]:
+    """Which of :data:`GAMING_PATTERNS` a completion shows (several can apply; empty when none does).
+
+    >>> format_gaming_patterns("<REASONING>r</REASONING><SOLUTION>1</SOLUTION></SOLUTION>")
+    ('stray closing tag', 'text after </SOLUTION>')
+    """
+    body = text.strip()
+    first_solution = body.find(SOLUTION_START)
+    solution_end = body.find(SOLUTION_END, first_solution + len(SOLUTION_START)) if first_solution >= 0 else -1
+    first_reasoning = body.find(REASONING_START)
+    reasoning_end = body.find(REASONING_END)
+    found = {
+        "stray closing tag": (body.count(SOLUTION_END) > body.count(SOLUTION_START)
+                              or body.count(REASONING_END) > body.count(REASONING_START)),
+        "repeated opening tag": body.count(SOLUTION_START) > 1 or body.count(REASONING_START) > 1,
+        "text before <REASONING>": first_reasoning != 0,
+        "text between the blocks": (0 <= reasoning_end < first_solution
+                                    and body[reasoning_end + len(REASONING_END):first_solution].strip() != ""),
+        "text after </SOLUTION>": solution_end >= 0 and body[solution_end + len(SOLUTION_END):].strip() != "",
+        "blocks out of order": 0 <= first_solution < first_reasoning,
+    }
+    return tuple(name for name in GAMING_PATTERNS if found[name])
 
 
 def correctness_criterion(text: str, gold: str, rel_tol: float = DEFAULT_REL_TOL) -> CorrectnessCriterion:
@@ -253,6 +311,8 @@ class RewardBreakdown:
     addcriterion_penalty: bool
     format: float
     format_compliant: bool
+    format_compliant_strict: bool
+    format_gamed: bool
     solution: str | None
     correctness: float
     correctness_criterion: CorrectnessCriterion
@@ -294,6 +354,7 @@ def explain(
     (2.0, 2.0, 2.6, True)
     """
     text = completion_text(completion)
+    strict_format = is_strict_format(text)
     format_value = format_reward([text])[0]
     correctness_value = correctness_reward([text], answer=[gold], rel_tol=rel_tol)[0]
     criterion = {EXACT_REWARD: "exact", NUMERIC_REWARD: "numeric"}.get(correctness_value, "none")
@@ -308,6 +369,8 @@ def explain(
         addcriterion_penalty=has_addcriterion_penalty(text),
         format=format_value,
         format_compliant=format_value == MAX_FORMAT_REWARD,
+        format_compliant_strict=strict_format,
+        format_gamed=format_value == MAX_FORMAT_REWARD and not strict_format,
         solution=extract_solution(text),
         correctness=correctness_value,
         correctness_criterion=criterion,
