@@ -6,7 +6,8 @@
         --adapter data/tiny/adapter --out data/tiny/generations/post.jsonl
 
 Writes OUT (one JSON record per eval example, atomically at the end: an interrupted run leaves no
-file) and OUT with suffix ``.meta.json`` (model pin, adapter, device, library versions, timing).
+file) and OUT with suffix ``.meta.json`` (model pin, adapter, device, generation params, library
+versions). Timing goes to the untracked run log ``logs/<profile>/generate_<name>.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vlrl.data import load_split
 from vlrl.entry import run_stage, stage_parser
 from vlrl.generation import check_prompt_lengths, generate_completions, prompt_token_counts, run_metadata
 from vlrl.io import atomic_write_json, atomic_write_jsonl
+from vlrl.telemetry import describe, peak_memory_mb, write_run_log
 
 
 def main() -> None:
@@ -52,8 +54,11 @@ def main() -> None:
     atomic_write_jsonl(args.out, records)
     atomic_write_json(args.out.with_suffix(".meta.json"), run_metadata(
         args.out.stem, model=model, pin=modeling.model_pin(args.model_dir), adapter_dir=args.adapter,
-        generation=params.generation, records=records, wall_time_s=wall_time_s))
-    print(f"generations: {len(records)} -> {args.out}")
+        generation=params.generation, records=records))
+    telemetry = {"wall_time_s": round(wall_time_s, 3), "samples_per_second": round(len(records) / wall_time_s, 2),
+                 **peak_memory_mb()}
+    log = write_run_log(args.profile, f"generate_{args.out.stem}", telemetry)
+    print(f"generations: {len(records)} -> {args.out} ({describe(telemetry)}; log {log})")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@
 
 Trains on the TRAIN split only. Writes the adapter (safetensors, atomically), checkpoints under
 ``--checkpoints-dir`` (a re-run after an interruption resumes from the last complete one), one TSV
-per training curve under ``--curves-dir`` and the flat ``--metrics`` JSON (vlrl.training).
-Exit status 1 with a message, and no adapter, when the loss or the weights become NaN/inf.
+per training curve under ``--curves-dir`` and the flat ``--metrics`` JSON (vlrl.training), all at the
+end. The run's cost goes to the untracked ``logs/<profile>/train.json``, and the curves follow the run
+live in ``logs/<profile>/train_curves/``. Exit status 1 with a message, and no adapter, when the loss
+or the weights become NaN/inf.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from vlrl import modeling
 from vlrl.config import load_stage_params
 from vlrl.data import load_split
 from vlrl.entry import run_stage, stage_parser
+from vlrl.telemetry import LOGS_DIR, describe, write_run_log
 
 
 def main() -> None:
@@ -36,12 +39,16 @@ def main() -> None:
     from vlrl import training  # noqa: PLC0415 - imports trl: only after prepare_backend (vlrl.modeling)
 
     # ---- train, checkpoint, write adapter + curves + metrics ---------------------------------------
-    metrics = training.train(params, load_split(args.splits_dir, "train"), model_dir=args.model_dir,
-                             adapter_dir=args.adapter_dir, checkpoints_dir=args.checkpoints_dir,
-                             curves_dir=args.curves_dir, metrics_path=args.metrics)
+    result = training.train(params, load_split(args.splits_dir, "train"), model_dir=args.model_dir,
+                            adapter_dir=args.adapter_dir, checkpoints_dir=args.checkpoints_dir,
+                            curves_dir=args.curves_dir, metrics_path=args.metrics,
+                            live_curves_dir=LOGS_DIR / args.profile / "train_curves")
+    log = write_run_log(args.profile, "train", result.telemetry)
+    metrics = result.metrics
     print(f"train: {metrics['steps']} steps, reward {metrics['reward_mean_first_tenth']} -> "
           f"{metrics['reward_mean_last_tenth']}, format rate {metrics['format_rate_first_tenth']} -> "
           f"{metrics['format_rate_last_tenth']}, off-policy {metrics['off_policy']} -> {args.adapter_dir}")
+    print(f"train cost: {describe(result.telemetry)} (log {log})")
 
 
 if __name__ == "__main__":

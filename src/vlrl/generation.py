@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import importlib.metadata
 import logging
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -160,10 +159,10 @@ def _records(rows: Any, enc: Any, out: torch.Tensor, tokenizer: Any, eos_ids: li
 
 
 def run_metadata(which: str, *, model: Any, pin: dict, adapter_dir: Path | None, generation: GenerationParams,
-                 records: Sequence[dict], wall_time_s: float) -> dict:
-    """What a generation run was (``<out>.meta.json``, read by the report): model pin, adapter,
-    device, generation params, library versions, git commit, and machine-dependent timing
-    (``wall_time_s``, ``samples_per_second``: ignored by the reproduction check).
+                 records: Sequence[dict]) -> dict:
+    """What a generation run was (``<out>.meta.json``, read by the report): model pin, adapter, device,
+    generation params and library versions. Deterministic for a given setup: timings and the commit
+    of the run are telemetry (:mod:`vlrl.telemetry`), not part of the committed results.
     """
     versions = {}
     for package in ("torch", "transformers", "peft", "tokenizers", "unsloth"):
@@ -171,11 +170,6 @@ def run_metadata(which: str, *, model: Any, pin: dict, adapter_dir: Path | None,
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             continue
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                check=False).stdout.strip() or None
-    except OSError:
-        commit = None
     return {
         "which": which,
         "model": pin,
@@ -184,7 +178,4 @@ def run_metadata(which: str, *, model: Any, pin: dict, adapter_dir: Path | None,
         "generation": dataclasses.asdict(generation),
         "n": len(records),
         "versions": versions,
-        "git_commit": commit,
-        "wall_time_s": round(wall_time_s, 3),
-        "samples_per_second": round(len(records) / wall_time_s, 3) if wall_time_s > 0 else None,
     }

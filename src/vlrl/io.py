@@ -12,11 +12,11 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlrl.errors import MissingInputError
+from vlrl.errors import CorruptInputError, MissingInputError
 
 
 def _json_default(value: Any) -> Any:
@@ -66,19 +66,62 @@ def atomic_write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> P
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
+_REDO = "delete it and re-run the stage that writes it (dvc repro)"
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """One JSON object per line (blank lines skipped); a truncated or foreign line is named by number.
+
+    >>> import tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "g.jsonl"
+    >>> _ = bad.write_text('{"pid": "1"}\\n{"pid": "2", "comp')
+    >>> read_jsonl(bad)
+    Traceback (most recent call last):
+    ...
+    vlrl.errors.CorruptInputError: ...g.jsonl:2: not a JSON object (Unterminated string ...); delete it ...
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: not found; run the stage that writes it first (dvc repro)")
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    records = []
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CorruptInputError(f"{path}:{number}: not a JSON object ({exc.msg}); {_REDO}") from exc
+                if not isinstance(record, dict):
+                    raise CorruptInputError(f"{path}:{number}: a {type(record).__name__}, not a JSON object; {_REDO}")
+                records.append(record)
+    except UnicodeDecodeError as exc:
+        raise CorruptInputError(f"{path}: not UTF-8 text ({exc.reason}); {_REDO}") from exc
+    return records
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file; a truncated or undecodable one is named with the fix."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: not found; run the stage that writes it first (dvc repro)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else exc.reason
+        raise CorruptInputError(f"{path}: not valid JSON ({reason}); {_REDO}") from exc
+
+
+def read_json_object(path: str | Path, required: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON object holding at least the ``required`` keys."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise CorruptInputError(f"{path}: a JSON {type(obj).__name__}, expected an object; {_REDO}")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise CorruptInputError(f"{path}: missing {', '.join(missing)}; {_REDO}")
+    return obj
 
 
 @contextlib.contextmanager

@@ -7,6 +7,9 @@ One owner for the names: the scorer writes these keys, the report labels and tes
   ``<key>_ci95_low`` / ``<key>_ci95_high``; those marked ``paired`` get an exact McNemar test in the
   report (before and after are scored on the same items).
 - :data:`MEANS`: means of per-example values (rewards, lengths).
+- :data:`BREAKDOWN_FIELDS` / :data:`BREAKDOWN_RATES`: the cells of the breakdown files
+  (``breakdown_<which>.json``): the same rates within each value of a MathVista field, each with its
+  n, its Wilson interval, and ``small: true`` below :data:`SMALL_CELL` items.
 - :data:`TELEMETRY_KEYS`: keys that depend on the machine or on the interruption history, not on the
   experiment (the reproduction check ignores them).
 
@@ -53,9 +56,16 @@ MEANS = (
     Mean("reward_total_mean", "total", "mean total reward (weighted)"),
     Mean("completion_tokens_mean", "completion_tokens", "mean completion length (tokens)"),
 )
-#: Per-example field -> prefix of the breakdown keys (``<prefix>.<value>.<metric>``).
-GROUPS = (("question_type", "by_question_type"), ("answer_type", "by_answer_type"))
 CI_SUFFIXES = ("_ci95_low", "_ci95_high")
+
+#: Per-example fields the breakdowns group by: MathVista's question and answer types and its metadata,
+#: as lmms-eval and VLMEvalKit report them. ``skills`` is a list: an item counts under each of its skills.
+BREAKDOWN_FIELDS = ("question_type", "answer_type", "task", "category", "context", "grade", "source", "skills")
+#: The rates each breakdown cell carries.
+BREAKDOWN_RATES = tuple(r for r in RATES if r.key in ("format_compliance", "format_compliance_strict",
+                                                      "accuracy_strict", "accuracy_numeric", "accuracy_mathvista"))
+#: Cells with fewer items than this are marked ``small`` (shown, not hidden: their intervals say why).
+SMALL_CELL = 5
 
 #: Keys that depend on the machine, not on the experiment (compared by name at any nesting level).
 TELEMETRY_KEYS = frozenset({
@@ -88,7 +98,8 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "truncation_rate": "share of completions that hit max_new_tokens without an end-of-turn token",
     "completion_tokens_mean": "mean number of generated tokens per completion",
     "*_ci95_low / *_ci95_high": "95% Wilson score interval of the rate named before the suffix",
-    "by_question_type.* / by_answer_type.*": "the same metrics within one MathVista question or answer type",
+    "breakdown_<which>.json": "the main rates within each MathVista question type, answer type, task, category, "
+    "context, grade, source and skill (an item counts under each of its skills); cells with n < 5 are marked small",
 }
 
 

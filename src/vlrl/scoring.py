@@ -4,10 +4,13 @@ One definition of "correct": every verdict comes from :func:`vlrl.rewards.explai
 that computes the training reward (as nanochat's ``tasks/gsm8k.py`` re-uses ``evaluate()`` in
 ``reward()``). This module only joins generations with the gold answers and aggregates.
 
-The metrics object is FLAT with stable keys so that ``dvc metrics diff`` lines up before/after and
-across commits: ``n``, every rate of :data:`vlrl.metrics.RATES` with ``<rate>_ci95_low`` /
-``<rate>_ci95_high`` (Wilson), every mean of :data:`vlrl.metrics.MEANS`, and the same within each
-question type and answer type as dotted keys (``by_question_type.free_form.accuracy_strict``).
+Two outputs per scored file:
+
+- the headline metrics, FLAT with stable keys so that ``dvc metrics diff`` lines up before/after and
+  across commits: ``n``, every rate of :data:`vlrl.metrics.RATES` with ``<rate>_ci95_low`` /
+  ``<rate>_ci95_high`` (Wilson), every mean of :data:`vlrl.metrics.MEANS`;
+- the breakdowns (:func:`breakdown_metrics`, a separate file): the main rates within each MathVista
+  question type, answer type and metadata value, aggregated with pandas.
 
 Cheap on purpose: a change of reward weights or reward code re-scores cached completions in seconds.
 Imports neither torch nor DVC.
@@ -19,17 +22,21 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+import pandas as pd
+
 from vlrl import rewards as reward_rules
 from vlrl.config import RewardParams
 from vlrl.errors import CorruptInputError
 from vlrl.mathvista import GOLD_FIELDS
-from vlrl.metrics import GROUPS, MEANS, RATES
+from vlrl.metrics import BREAKDOWN_FIELDS, BREAKDOWN_RATES, CI_SUFFIXES, MEANS, RATES, SMALL_CELL
 from vlrl.stats import wilson_interval
 
 #: Fields every generation record must carry (generation.py writes them).
 GENERATION_FIELDS = ("pid", "completion", "completion_tokens", "truncated")
 #: Columns of the eval split the scorer reads (the image is never decoded).
-EVAL_COLUMNS = ("pid", *GOLD_FIELDS)
+EVAL_COLUMNS = ("pid", *GOLD_FIELDS, "metadata")
+#: MathVista metadata fields copied into each scored record (for the breakdowns).
+METADATA_FIELDS = ("task", "category", "context", "grade", "source", "skills")
 
 
 class ScoringError(CorruptInputError):
@@ -62,15 +69,14 @@ def _check_one_to_one(generations: Sequence[dict], eval_pids: Sequence[str]) -> 
 
 def score_generations(generations: list[dict], eval_split: Any,
                       rewards: RewardParams) -> tuple[list[dict], dict]:
-    """Per-example records (in eval-split order) and the flat metrics object.
-    """
-    # Only the gold columns: the images are never decoded.
+    """Per-example records (in eval-split order) and the headline metrics (:func:`headline_metrics`)."""
+    # Only the gold columns and the metadata: the images are never decoded.
     gold_rows = [dict(row) for row in eval_split.select_columns(list(EVAL_COLUMNS))]
     eval_pids = [str(row["pid"]) for row in gold_rows]
     _check_one_to_one(generations, eval_pids)
     by_pid = {str(g["pid"]): g for g in generations}
     records = [_score_one(row, by_pid[str(row["pid"])], rewards) for row in gold_rows]
-    return records, metrics_of(records)
+    return records, headline_metrics(records)
 
 
 def _score_one(row: dict, generation: dict, rewards: RewardParams) -> dict:
@@ -80,10 +86,12 @@ def _score_one(row: dict, generation: dict, rewards: RewardParams) -> dict:
         rel_tol=rewards.numeric_rel_tol, question_type=row.get("question_type"),
         answer_type=row.get("answer_type"), precision=row.get("precision"), choices=row.get("choices"),
     ).to_dict()
+    metadata = row.get("metadata") or {}
     return {
         "pid": str(row["pid"]),
         "question_type": row.get("question_type"),
         "answer_type": row.get("answer_type"),
+        **{field: metadata.get(field) for field in METADATA_FIELDS},
         "gold": str(row["answer"]),
         **breakdown,
         "completion_tokens": int(generation["completion_tokens"]),
@@ -92,26 +100,16 @@ def _score_one(row: dict, generation: dict, rewards: RewardParams) -> dict:
     }
 
 
-def metrics_of(records: Sequence[dict]) -> dict[str, Any]:
-    """The flat metrics of a list of scored records (overall, then by question and answer type).
+def headline_metrics(records: Sequence[dict]) -> dict[str, Any]:
+    """The flat headline metrics of scored records: ``n``, every rate with its Wilson interval, every mean.
 
-    >>> m = metrics_of([{"format_compliant": True, "accuracy_strict": False, "accuracy_numeric": False,
-    ...                  "accuracy_mathvista": False, "addcriterion_penalty": False, "truncated": False,
-    ...                  "format": 2.0, "correctness": 0.0, "total": 0.6, "completion_tokens": 10,
-    ...                  "question_type": "free_form", "answer_type": "integer"}])
-    >>> m["n"], m["format_compliance"], m["by_question_type.free_form.n"]
-    (1, 1.0, 1)
+    >>> m = headline_metrics([{"format_compliant": True, "format_compliant_strict": False, "format_gamed": True,
+    ...     "accuracy_strict": False, "accuracy_numeric": False, "accuracy_mathvista": False,
+    ...     "addcriterion_penalty": False, "truncated": False, "format": 2.0, "correctness": 0.0, "total": 0.6,
+    ...     "completion_tokens": 10}])
+    >>> m["n"], m["format_compliance"], m["format_gamed_rate"], m["accuracy_strict_ci95_high"] < 1
+    (1, 1.0, 1.0, True)
     """
-    metrics = _summary(records)
-    for field, prefix in GROUPS:
-        for value in sorted({str(r.get(field)) for r in records}):
-            group = [r for r in records if str(r.get(field)) == value]
-            for key, number in _summary(group).items():
-                metrics[f"{prefix}.{value}.{key}"] = number
-    return metrics
-
-
-def _summary(records: Sequence[dict]) -> dict[str, Any]:
     n = len(records)
     out: dict[str, Any] = {"n": n}
     for rate in RATES:
@@ -121,3 +119,47 @@ def _summary(records: Sequence[dict]) -> dict[str, Any]:
     for mean in MEANS:
         out[mean.key] = statistics.fmean(float(r[mean.field]) for r in records) if n else 0.0
     return out
+
+
+def breakdown_table(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per (field, value) of :data:`~vlrl.metrics.BREAKDOWN_FIELDS`: n, and each breakdown rate
+    with its Wilson interval; an item counts under each of its skills. Missing values are ``"(none)"``.
+
+    >>> rows = [{"pid": str(i), "task": "bar value", "skills": ["counting", "reading"], "format_compliant": True,
+    ...          "format_compliant_strict": True, "accuracy_strict": i < 3, "accuracy_numeric": i < 3,
+    ...          "accuracy_mathvista": i < 3} for i in range(6)]
+    >>> table = breakdown_table(rows)
+    >>> cell = table.loc[("skills", "reading")]
+    >>> int(cell["n"]), float(cell["accuracy_strict"]), bool(cell["small"])
+    (6, 0.5, False)
+    """
+    frame = pd.DataFrame.from_records(list(records))
+    cells = []
+    for field in BREAKDOWN_FIELDS:
+        if field not in frame:
+            continue
+        column = frame[[field, *(rate.field for rate in BREAKDOWN_RATES)]].explode(field)
+        column[field] = column[field].map(lambda value: "(none)" if value is None or value != value else str(value))
+        grouped = column.groupby(field, sort=True)
+        counts = grouped.size()
+        hits = grouped[[rate.field for rate in BREAKDOWN_RATES]].sum()
+        for value, n in counts.items():
+            cell = {"field": field, "value": value, "n": int(n), "small": bool(n < SMALL_CELL)}
+            for rate in BREAKDOWN_RATES:
+                k = int(hits.loc[value, rate.field])
+                cell[rate.key] = k / n
+                cell[f"{rate.key}_ci95_low"], cell[f"{rate.key}_ci95_high"] = wilson_interval(k, int(n))
+            cells.append(cell)
+    columns = ["field", "value", "n", "small", *(f"{r.key}{suffix}" for r in BREAKDOWN_RATES
+                                                   for suffix in ("", *CI_SUFFIXES))]
+    return pd.DataFrame.from_records(cells, columns=columns).set_index(["field", "value"])
+
+
+def breakdown_metrics(records: Sequence[dict]) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`breakdown_table` as the nested JSON of ``breakdown_<which>.json``: field -> value -> cell."""
+    table = breakdown_table(records)
+    nested: dict[str, dict[str, dict[str, Any]]] = {}
+    for (field, value), row in table.iterrows():
+        nested.setdefault(field, {})[value] = {key: number.item() if hasattr(number, "item") else number
+                                               for key, number in row.items()}
+    return nested

@@ -1,7 +1,8 @@
-"""Trainer callbacks: checkpoint markers, the divergence guard, and the training curves.
+"""Trainer callbacks: checkpoint markers, the divergence guard, the progress bar and the training curves.
 
 Curves: one dvclive-layout TSV per curve, ``<curves_dir>/<name>.tsv`` with the columns ``step`` and
-``<name>`` (:data:`CURVES`), rewritten from the trainer's ``log_history`` at every log. Not through
+``<name>`` (:data:`CURVES`), written from the trainer's ``log_history`` at the end of training (and,
+for people watching a long run, mirrored into an untracked folder at every log). Not through
 dvclive's ``Live`` on purpose: ``log_history`` is restored from the checkpoint on resume, so a resumed
 run writes exactly the curves of an uninterrupted one (dvclive appends, and would keep the steps
 logged after the checkpoint); there is no timestamp column, so the same seed gives byte-identical
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from vlrl.io import atomic_write_json, atomic_write_text
 from vlrl.rewards import FORMAT_RATE_KEY
@@ -81,8 +82,26 @@ class DivergenceGuard(TrainerCallback):
         return control
 
 
+class QuietProgress(ProgressCallback):
+    """transformers' progress bar, with the latest reward and format rate as its postfix.
+
+    The stock callback prints every log entry (about 30 numbers) as a line per step; those go to the
+    curves and the run log instead.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {name: logs[key] for name, key in (("reward", "reward"), ("format", FORMAT_RATE_KEY))
+                     if isinstance(logs.get(key), int | float)}
+            if shown:
+                self.training_bar.set_postfix({name: f"{value:.3f}" for name, value in shown.items()},
+                                              refresh=False)
+        return control
+
+
 class CurveWriter(TrainerCallback):
-    """Rewrites ``<curves_dir>/<name>.tsv`` from ``state.log_history`` at every log (module docstring)."""
+    """Rewrites ``<curves_dir>/<name>.tsv`` from ``state.log_history`` at every log: a live view of the
+    curves in an untracked folder (the stage's declared curves are written once, at the end)."""
 
     def __init__(self, curves_dir: Path) -> None:
         self.curves_dir = Path(curves_dir)

@@ -10,7 +10,8 @@ only off-policy (:func:`vlrl.config.is_off_policy`), which ``train.json`` record
 - :func:`build_grpo_config`: the typed params -> ``GRPOConfig`` under TRL 1.15's names.
 - :func:`train`: the stage's whole job: resume (:mod:`~vlrl.training.checkpoints`), train with the
   callbacks (:mod:`~vlrl.training.callbacks`), write the adapter atomically (never after a non-finite
-  loss), the curves and ``train.json``.
+  loss), the curves and ``train.json``; the run's cost (time, memory) is returned as telemetry for the
+  untracked run log, never written into committed files.
 
 Import order: this module imports trl/transformers; on the unsloth backend call
 :func:`vlrl.modeling.prepare_backend` BEFORE importing it (see :mod:`vlrl.modeling`).
@@ -20,16 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from vlrl.config import GSPOParams, TrainParams, TrainStageParams, is_off_policy
@@ -39,8 +38,9 @@ from vlrl.io import atomic_directory, atomic_write_json
 from vlrl.mathvista import GOLD_FIELDS
 from vlrl.modeling import load_model_and_processor, load_processor, resolve_device, torch_threads
 from vlrl.prompts import build_prompt
-from vlrl.rewards import FORMAT_RATE_KEY, build_reward_functions
-from vlrl.training.callbacks import CheckpointMarker, CurveWriter, DivergenceGuard, write_curves
+from vlrl.rewards import FORMAT_RATE_KEY, build_reward_functions, reward_weights
+from vlrl.telemetry import peak_memory_mb
+from vlrl.training.callbacks import CURVES, CheckpointMarker, CurveWriter, DivergenceGuard, QuietProgress, write_curves
 from vlrl.training.checkpoints import (
     checkpoint_step,
     data_fingerprint,
@@ -161,43 +161,47 @@ def _tenth_means(log_history: Sequence[dict], key: str) -> tuple[float | None, f
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
-def _peak_memory() -> dict[str, float]:
-    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        return {"peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
-
-
-def train_metrics(log_history: Sequence[dict], *, params: TrainStageParams, steps: int, wall_time_s: float,
-                  steps_run: int, tokens_run: int, prompts_dropped: int, prompts_used: int,
-                  resumed_from_step: int) -> dict:
-    """The flat ``train.json``: what training did, the first/last tenth of its curves, its cost.
+def train_metrics(log_history: Sequence[dict], *, params: TrainStageParams, steps: int, prompts_dropped: int,
+                  prompts_used: int) -> dict:
+    """The flat ``train.json``: what training did and the first/last tenth of its reward curves.
 
     ``*_first_tenth`` / ``*_last_tenth`` average the first / last tenth of the logged steps (at least one),
-    rounded to 6 decimals (float32 logs carry no more). Timing fields cover this process only (a
-    resumed run times its own steps).
+    rounded to 6 decimals (float32 logs carry no more). Only what the experiment determines: the cost
+    of the run is telemetry (:func:`train_telemetry`).
     """
-    reward_first, reward_last, format_first, format_last = (
-        None if value is None else round(value, 6)
-        for value in (*_tenth_means(log_history, "reward"), *_tenth_means(log_history, FORMAT_RATE_KEY)))
+    metrics: dict[str, Any] = {"steps": steps}
+    for name, key in (("reward_mean", "reward"), ("reward_format_mean", CURVES["reward_format"]),
+                      ("reward_correctness_mean", CURVES["reward_correctness"]),
+                      ("format_rate", FORMAT_RATE_KEY)):
+        first, last = _tenth_means(log_history, key)
+        metrics[f"{name}_first_tenth"] = None if first is None else round(first, 6)
+        metrics[f"{name}_last_tenth"] = None if last is None else round(last, 6)
     return {
-        "steps": steps,
-        "reward_mean_first_tenth": reward_first,
-        "reward_mean_last_tenth": reward_last,
-        "format_rate_first_tenth": format_first,
-        "format_rate_last_tenth": format_last,
+        **metrics,
+        "reward_weights": reward_weights(params.rewards),
         "prompts_used": prompts_used,
         "prompts_dropped": prompts_dropped,
         "off_policy": is_off_policy(params.train, params.gspo),
         "importance_sampling_level": params.gspo.importance_sampling_level,
         "loss_type": params.gspo.loss_type,
         "num_generations": params.train.num_generations,
+    }
+
+
+def train_telemetry(log_history: Sequence[dict], *, wall_time_s: float, steps_run: int,
+                    resumed_from_step: int) -> dict:
+    """What this run cost on this machine (for the run log, never for committed files).
+
+    Timing covers this process only: a resumed run times its own steps.
+    """
+    tokens = _tokens_seen(log_history, resumed_from_step)
+    return {
         "resumed_from_step": resumed_from_step,
+        "steps_run": steps_run,
         "wall_time_s": round(wall_time_s, 3),
         "seconds_per_step": round(wall_time_s / steps_run, 4) if steps_run else None,
-        "tokens_per_second": round(tokens_run / wall_time_s, 1) if wall_time_s > 0 and steps_run else None,
-        **_peak_memory(),
+        "tokens_per_second": round(tokens / wall_time_s, 1) if wall_time_s > 0 and steps_run else None,
+        **peak_memory_mb(),
     }
 
 
@@ -215,12 +219,22 @@ def _tokens_seen(log_history: Sequence[dict], since_step: int) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` wrote to ``train.json`` (``metrics``) and what it cost (``telemetry``)."""
+
+    metrics: dict[str, Any]
+    telemetry: dict[str, Any]
+
+
 def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapter_dir: Path,
-          checkpoints_dir: Path, curves_dir: Path, metrics_path: Path,
-          extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+          checkpoints_dir: Path, curves_dir: Path, metrics_path: Path, live_curves_dir: Path | None = None,
+          extra_callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Train the LoRA adapter with GSPO on ``train_split`` (the TRAIN split, MathVista format).
 
-    Returns the metrics written to ``metrics_path``.
+    The adapter, ``curves_dir`` and ``metrics_path`` are written at the end, atomically, so that an
+    interrupted run never leaves a partial result that looks complete; ``live_curves_dir`` (an
+    untracked folder, e.g. under ``logs/``) follows the run at every log for people watching it.
     """
     model_dir, adapter_dir, checkpoints_dir = Path(model_dir), Path(adapter_dir), Path(checkpoints_dir)
 
@@ -251,7 +265,8 @@ def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapte
     else:
         device = resolve_device(params.model)
         with torch_threads(params.train.cpu_threads if device == "cpu" else None):
-            trainer, guard = _trainer(params, model_dir, dataset, checkpoints_dir, curves_dir, extra_callbacks)
+            callbacks = [*extra_callbacks, *([CurveWriter(live_curves_dir)] if live_curves_dir else [])]
+            trainer, guard = _trainer(params, model_dir, dataset, checkpoints_dir, callbacks)
             started = time.perf_counter()
             trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
             wall_time_s = time.perf_counter() - started
@@ -265,14 +280,15 @@ def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapte
             trainer.model.save_pretrained(tmp, safe_serialization=True)
         history, global_step = trainer.state.log_history, trainer.state.global_step
 
-    # ---- outputs: curves, metrics ----------------------------------------------------------------
-    write_curves(history, curves_dir)
-    metrics = train_metrics(history, params=params, steps=global_step, wall_time_s=wall_time_s,
-                            steps_run=global_step - resumed_from_step,
-                            tokens_run=_tokens_seen(history, resumed_from_step), prompts_dropped=dropped,
-                            prompts_used=len(dataset), resumed_from_step=resumed_from_step)
+    # ---- outputs: curves, metrics (after the adapter: a kill before here leaves no metrics) ---------
+    with atomic_directory(curves_dir) as tmp:
+        write_curves(history, tmp)
+    metrics = train_metrics(history, params=params, steps=global_step, prompts_dropped=dropped,
+                            prompts_used=len(dataset))
     atomic_write_json(metrics_path, metrics)
-    return metrics
+    return TrainResult(metrics, train_telemetry(history, wall_time_s=wall_time_s,
+                                                steps_run=global_step - resumed_from_step,
+                                                resumed_from_step=resumed_from_step))
 
 
 def _log_policy(params: TrainStageParams) -> None:
@@ -292,7 +308,7 @@ def _log_policy(params: TrainStageParams) -> None:
                  params.gspo.importance_sampling_level)
 
 
-def _trainer(params: TrainStageParams, model_dir: Path, dataset: Any, checkpoints_dir: Path, curves_dir: Path,
+def _trainer(params: TrainStageParams, model_dir: Path, dataset: Any, checkpoints_dir: Path,
              extra_callbacks: Sequence[TrainerCallback]) -> tuple[GRPOTrainer, DivergenceGuard]:
     """The LoRA model (vlrl.modeling: Unsloth or transformers) in TRL's GRPOTrainer, with our callbacks."""
     model, processor = load_model_and_processor(params.model, model_dir, lora=params.lora,
@@ -305,6 +321,8 @@ def _trainer(params: TrainStageParams, model_dir: Path, dataset: Any, checkpoint
     if device != "cuda":  # on CUDA, TRL's Triton kernel (or Unsloth's fused head) stays in place
         ensure_trl_logprob_kernel()
     trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=funcs, args=args,
-                          train_dataset=dataset,
-                          callbacks=[CheckpointMarker(), guard, CurveWriter(curves_dir), *extra_callbacks])
+                          train_dataset=dataset, callbacks=[CheckpointMarker(), guard, *extra_callbacks])
+    # A progress bar with the reward as its postfix instead of a dict of 30 numbers printed per step.
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
     return trainer, guard
