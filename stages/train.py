@@ -20,7 +20,7 @@ from vlrl import modeling
 from vlrl.config import load_stage_params
 from vlrl.data import load_split
 from vlrl.entry import run_stage, stage_parser
-from vlrl.telemetry import LOGS_DIR, describe, write_run_log
+from vlrl.telemetry import describe, logs_dir, write_run_log
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     result = training.train(params, load_split(args.splits_dir, "train"), model_dir=args.model_dir,
                             adapter_dir=args.adapter_dir, checkpoints_dir=args.checkpoints_dir,
                             curves_dir=args.curves_dir, metrics_path=args.metrics,
-                            live_curves_dir=LOGS_DIR / args.profile / "train_curves")
+                            live_curves_dir=logs_dir(args.profile) / "train_curves")
     log = write_run_log(args.profile, "train", result.telemetry)
     metrics = result.metrics
     print(f"train: {metrics['steps']} steps, reward {metrics['reward_mean_first_tenth']} -> "

@@ -51,8 +51,8 @@ def run_json(capsys, *argv: str) -> dict:
         pytest.param(["--gold", "991", "--completion", "<SOLUTION>995</SOLUTION>",
                       "--numeric-rel-tol", "0.01"],
                      {"correctness": 1.5, "correctness_criterion": "numeric"}, id="tolerance overridden"),
-        pytest.param(["--gold", "", "--completion", ""], {"total": 0.0, "solution": None},
-                     id="empty gold and text"),
+        pytest.param(["--gold", "7", "--completion", ""], {"total": 0.0, "solution": None},
+                     id="empty completion"),
     ],
 )
 def test_reward_json(capsys, argv, expected):

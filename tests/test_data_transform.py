@@ -55,7 +55,7 @@ def run(rows: list[dict], image_size: int = 32, min_image_side: int = 8):
     pytest.param(hub_row("2", decoded_image={"bytes": png()[:60], "path": None}), "undecodable_image",
                  id="image-truncated"),
     pytest.param(hub_row("2", decoded_image={"bytes": None, "path": "/nonexistent/x.png"}),
-                 "undecodable_image", id="image-path-unreadable"),
+                 "image_outside_source", id="image-path-without-a-mirror-folder-is-never-read"),
     pytest.param(hub_row("2", decoded_image={"bytes": png((7, 100)), "path": None}), "image_too_small",
                  id="image-side-below-min"),
 ])
@@ -69,10 +69,12 @@ def test_counts_after_each_step_are_cumulative_and_every_reason_is_listed() -> N
     rows = [hub_row("1"), hub_row("1"), hub_row("2", answer="x"), hub_row("3", question=" "),
             hub_row("4", decoded_image=None), hub_row("5")]
     result = run(rows)
-    after = dict(zip(STEPS, [5, 4, 3, 2], strict=True))
+    after = dict(zip(STEPS, [5, 4, 3, 3, 2], strict=True))
     assert (result.rows_in, result.rows_after, result.dropped) == (6, after, {
-        "duplicate_pid": 1, "missing_answer": 0, "non_numeric_answer": 1, "empty_question": 1,
-        "missing_image": 1, "undecodable_image": 0, "image_too_small": 0})
+        "missing_pid": 0, "duplicate_pid": 1, "missing_answer": 0, "non_numeric_answer": 1, "empty_question": 1,
+        "unknown_question_type": 0, "unknown_answer_type": 0, "choices_missing": 0, "answer_not_a_choice": 0,
+        "bad_precision": 0, "missing_image": 1, "image_outside_source": 0, "image_too_large": 0,
+        "undecodable_image": 0, "image_too_small": 0})
 
 
 @pytest.mark.parametrize(("answer", "kept"), [

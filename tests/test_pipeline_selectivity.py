@@ -99,7 +99,7 @@ def test_noop_repro_is_fast_and_runs_nothing(repo):
 def test_pr_script_flags_stale_lock_then_passes(repo):
     _edit_params(repo, lambda p: p["rewards"].__setitem__("correctness_weight", 0.9))
     try:
-        stale = _run([".github/scripts/pr-metrics.sh", "HEAD", "/dev/null"], repo, check=False)
+        stale = _run([sys.executable, "-m", "vlrl.staleness", "--profile", "tiny"], repo, check=False)
     finally:
         _restore(repo)
     # dvc reports params at the granularity the stage declares them (the `rewards` section).
@@ -107,7 +107,7 @@ def test_pr_script_flags_stale_lock_then_passes(repo):
     assert "score_baseline@tiny: params.yaml: rewards modified" in stale.stdout
     assert "train@tiny: params.yaml: rewards modified" in stale.stdout
     assert "generate_baseline@tiny" not in stale.stdout, "generation does not read the rewards"
-    clean = _run([".github/scripts/pr-metrics.sh", "HEAD", "/dev/null"], repo, check=False)
+    clean = _run([sys.executable, "-m", "vlrl.staleness", "--profile", "tiny"], repo, check=False)
     assert clean.returncode == 0, clean.stdout + clean.stderr
 
 

@@ -14,8 +14,6 @@ from vlrl.staleness import stale_findings
         pytest.param({"n": 10, "format_compliance": 0.5}, {"n": 10, "format_compliance": 0.5}, [], id="identical"),
         pytest.param({"format_compliance": 0.5}, {"format_compliance": 0.6},
                      ["format_compliance: committed 0.5, reproduced 0.6"], id="a rate moved"),
-        pytest.param({"wall_time_s": 3.0, "peak_rss_mb": 500}, {"wall_time_s": 9.0, "peak_rss_mb": 700}, [],
-                     id="machine-dependent keys are not compared"),
         pytest.param({"splits": {"eval": {"n": 5}}}, {"splits": {"eval": {"n": 6}}},
                      ["splits.eval.n: committed 5, reproduced 6"], id="nested keys are compared"),
         pytest.param({"a": 1}, {}, ["a: only committed"], id="a key disappeared"),

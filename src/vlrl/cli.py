@@ -18,6 +18,7 @@ Adding a subcommand: write ``_add_<name>_parser(subparsers)`` that registers its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vlrl.config import DEFAULT_PARAMS_PATH, RewardParams, load_params
-from vlrl.entry import debug_enabled, report_error
+from vlrl.entry import debug_enabled, emit, report_error
 from vlrl.errors import ConfigError, UsageError, VlrlError
 from vlrl.mathvista import ANSWER_TYPES, QUESTION_TYPES
 from vlrl.metrics import glossary_text
@@ -94,9 +95,16 @@ def _read_completion(args: argparse.Namespace) -> str:
         raise UsageError("vlrl reward: no completion: give --completion TEXT, --completion-file FILE, "
                          "pipe it on stdin, or use --preset")
     try:
-        return sys.stdin.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"vlrl reward: cannot read the completion from stdin: {exc}") from exc
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    except OSError as exc:
+        raise UsageError(f"vlrl reward: cannot read the completion from stdin: {exc.strerror or exc}") from exc
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"vlrl reward: stdin is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                         f"{exc.start}); pass a UTF-8 completion") from exc
 
 
 def _reward_params(args: argparse.Namespace) -> RewardParams:
@@ -134,6 +142,11 @@ def _run_reward(args: argparse.Namespace) -> int:
         if args.gold is None:
             raise UsageError("vlrl reward: --gold is required (or use --preset NAME)")
         gold, completion = args.gold, _read_completion(args)
+    if gold == "":
+        raise UsageError("vlrl reward: --gold is empty; give the gold answer string, e.g. --gold 991")
+    if args.precision is not None and not (math.isfinite(args.precision) and args.precision >= 0
+                                           and float(args.precision).is_integer()):
+        raise UsageError(f"vlrl reward: --precision {args.precision!r}: must be a whole number of decimals >= 0")
     if args.question_type == "multi_choice" and not args.choices:
         raise UsageError("vlrl reward: --question-type multi_choice needs --choices")
     rewards = _reward_params(args)
@@ -142,9 +155,9 @@ def _run_reward(args: argparse.Namespace) -> int:
                         question_type=args.question_type, answer_type=args.answer_type,
                         precision=args.precision, choices=args.choices)
     if args.json:
-        print(json.dumps({"gold": gold, **breakdown.to_dict()}, ensure_ascii=False))
+        emit(json.dumps({"gold": gold, **breakdown.to_dict()}, ensure_ascii=False))
     else:
-        print(render_breakdown(breakdown, gold))
+        emit(render_breakdown(breakdown, gold))
     return 0
 
 
@@ -197,7 +210,7 @@ def _add_explain_metrics_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_explain_metrics(args: argparse.Namespace) -> int:
-    print(glossary_text())
+    emit(glossary_text())
     return 0
 
 
@@ -221,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:  # its message already names the command
         if debug_enabled():
             raise
-        print(str(exc), file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            print(str(exc), file=sys.stderr)
         return exc.exit_code
     except VlrlError as exc:
         if debug_enabled():
@@ -229,9 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error("vlrl", exc)
     except SystemExit as exc:  # --help and --version exit through argparse
         return exc.code if isinstance(exc.code, int) else 0
-    except BrokenPipeError:  # `vlrl explain-metrics | head`: the reader left, not an error
-        sys.stderr.close()
-        return 0
 
 
 if __name__ == "__main__":

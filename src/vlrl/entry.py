@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vlrl.config import DEFAULT_PARAMS_PATH, PROFILES
-from vlrl.errors import VlrlError
+from vlrl.errors import OutputError, VlrlError
 
 DEBUG_VARIABLE = "VLRL_DEBUG"
 #: Exit status after Ctrl-C (128 + SIGINT), the shell's convention.
@@ -49,6 +49,31 @@ def report_error(prog: str, error: VlrlError) -> int:
     return error.exit_code
 
 
+def emit(text: str) -> None:
+    """Print ``text`` and a newline on stdout and flush, so that a closed pipe, a full disk or a closed
+    stdout ends the command with one line (:class:`~vlrl.errors.OutputError`) instead of a traceback at
+    exit."""
+    if sys.stdout is None:
+        raise OutputError("cannot write the output: stdout is closed; run the command with stdout open")
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        _discard_stdout()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise OutputError(f"cannot write the output to stdout: {reason}") from exc
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail again (Python's docs,
+    "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def configure_logging() -> None:
     """INFO lines as ``LEVEL name: message`` on stderr (progress bars go there too)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -60,6 +85,13 @@ def run_stage(main: Callable[[], int | None], prog: str | None = None) -> NoRetu
     configure_logging()
     try:
         status = main()
+        if sys.stdout is not None:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError) as exc:
+                _discard_stdout()
+                raise OutputError(f"cannot write the output to stdout: {getattr(exc, 'strerror', None) or exc}") \
+                    from exc
     except VlrlError as error:
         if debug_enabled():
             raise

@@ -38,5 +38,9 @@ class CorruptInputError(VlrlError, ValueError):
     """An input exists but cannot be used (truncated, wrong type, written by another setup)."""
 
 
+class OutputError(VlrlError, OSError):
+    """An output cannot be written (read-only, full disk, not ours to replace); the old one is intact."""
+
+
 class EnvironmentProblem(VlrlError, RuntimeError):
     """The machine lacks something the run needs: a CUDA device, a package, the network."""

@@ -10,8 +10,6 @@ One owner for the names: the scorer writes these keys, the report labels and tes
 - :data:`BREAKDOWN_FIELDS` / :data:`BREAKDOWN_RATES`: the cells of the breakdown files
   (``breakdown_<which>.json``): the same rates within each value of a MathVista field, each with its
   n, its Wilson interval, and ``small: true`` below :data:`SMALL_CELL` items.
-- :data:`TELEMETRY_KEYS`: keys that depend on the machine or on the interruption history, not on the
-  experiment (the reproduction check ignores them).
 
 Pure module: imports neither torch nor DVC.
 """
@@ -66,14 +64,6 @@ BREAKDOWN_RATES = tuple(r for r in RATES if r.key in ("format_compliance", "form
                                                       "accuracy_strict", "accuracy_numeric", "accuracy_mathvista"))
 #: Cells with fewer items than this are marked ``small`` (shown, not hidden: their intervals say why).
 SMALL_CELL = 5
-
-#: Keys that depend on the machine, not on the experiment (compared by name at any nesting level).
-TELEMETRY_KEYS = frozenset({
-    "wall_time_s", "seconds_per_step", "peak_rss_mb", "peak_gpu_mem_mb", "tokens_per_second",
-    "resume_seconds", "examples_per_second", "samples_per_second",
-    # a run resumed after an interruption ends with the same results; only this records the resume
-    "resumed_from_step",
-})
 
 #: Every metric key users meet in metrics/<profile>/*.json, with its meaning.
 METRIC_DEFINITIONS: dict[str, str] = {

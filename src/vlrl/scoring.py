@@ -45,10 +45,10 @@ class ScoringError(CorruptInputError):
 
 def _check_one_to_one(generations: Sequence[dict], eval_pids: Sequence[str]) -> None:
     for i, record in enumerate(generations):
-        missing = [k for k in GENERATION_FIELDS if k not in record]
-        if missing:
-            raise ScoringError(f"generation record {i} (pid {record.get('pid')!r}): missing "
-                               f"{', '.join(missing)}; expected fields {', '.join(GENERATION_FIELDS)}")
+        problem = _record_problem(record)
+        if problem:
+            raise ScoringError(f"generation record {i} (pid {record.get('pid')!r}): {problem}; re-run the generate "
+                               "stage (dvc repro)")
     seen: dict[str, int] = {}
     for record in generations:
         seen[str(record["pid"])] = seen.get(str(record["pid"]), 0) + 1
@@ -65,6 +65,19 @@ def _check_one_to_one(generations: Sequence[dict], eval_pids: Sequence[str]) -> 
     if problems:
         raise ScoringError("every eval pid needs exactly one generation; " + "; ".join(problems)
                            + ". Re-run the generate stage on this eval split (dvc repro)")
+
+
+def _record_problem(record: dict) -> str | None:
+    """What is wrong with one generation record's fields, or None."""
+    missing = [k for k in GENERATION_FIELDS if k not in record]
+    if missing:
+        return f"missing {', '.join(missing)}; expected fields {', '.join(GENERATION_FIELDS)}"
+    types = {"pid": (str, int), "completion": (str,), "completion_tokens": (int,), "truncated": (bool,)}
+    for key, allowed in types.items():
+        value = record[key]
+        if not isinstance(value, allowed) or (key == "completion_tokens" and isinstance(value, bool)):
+            return f"{key} = {value!r} is a {type(value).__name__}, expected {' or '.join(t.__name__ for t in allowed)}"
+    return None
 
 
 def score_generations(generations: list[dict], eval_split: Any,

@@ -2,12 +2,14 @@
 
 Committed results must be byte-reproducible, so nothing that depends on the machine or on when and
 how often a stage ran goes into DVC-tracked files or ``dvc.lock``. Each stage writes its telemetry to
-an untracked run log, ``logs/<profile>/<name>.json`` (git-ignored), and prints it on stdout.
+an untracked run log, ``logs/<profile>/<name>.json`` (git-ignored; ``VLRL_LOGS_DIR`` moves it), and
+prints it on stdout.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import resource
 import subprocess
 import sys
@@ -16,7 +18,13 @@ from typing import Any
 
 from vlrl.io import atomic_write_json
 
-LOGS_DIR = Path("logs")
+#: Environment variable naming another folder for the run logs (tests use it).
+LOGS_VARIABLE = "VLRL_LOGS_DIR"
+
+
+def logs_dir(profile: str) -> Path:
+    """``logs/<profile>`` (relative to the working directory), or ``$VLRL_LOGS_DIR/<profile>``."""
+    return Path(os.environ.get(LOGS_VARIABLE) or "logs") / profile
 
 
 def git_commit() -> str | None:
@@ -41,14 +49,14 @@ def peak_memory_mb() -> dict[str, float]:
 def write_run_log(profile: str, name: str, telemetry: dict[str, Any]) -> Path:
     """Write ``logs/<profile>/<name>.json``: the telemetry plus the commit and the time of the run.
 
-    >>> import os, tempfile
+    >>> import tempfile
     >>> os.chdir(tempfile.mkdtemp())
     >>> write_run_log("tiny", "score_post", {"wall_time_s": 0.5}).as_posix()
     'logs/tiny/score_post.json'
     """
     record = {**telemetry, "git_commit": git_commit(),
               "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    return atomic_write_json(LOGS_DIR / profile / f"{name}.json", record)
+    return atomic_write_json(logs_dir(profile) / f"{name}.json", record)
 
 
 def describe(telemetry: dict[str, Any]) -> str:

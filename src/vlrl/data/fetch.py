@@ -21,8 +21,8 @@ from vlrl.data.manifest import build_manifest
 from vlrl.data.schema import SPLIT_FEATURES
 from vlrl.data.sources import load_source
 from vlrl.data.transform import transform_rows
-from vlrl.errors import ConfigError, MissingInputError
-from vlrl.io import atomic_directory, atomic_write_json
+from vlrl.errors import ConfigError, CorruptInputError, MissingInputError
+from vlrl.io import atomic_directory, atomic_write_json, check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def fetch_splits(data: DataParams, seed: int, splits_dir: Path, manifest_path: P
     True
     """
     splits_dir, manifest_path = Path(splits_dir), Path(manifest_path)
+    check_replaceable(splits_dir)  # before the download and the transform, not after
     source = load_source(data, seed)
-    result = transform_rows(source.dataset, data.image_size, data.min_image_side)
+    result = transform_rows(source.dataset, data.image_size, data.min_image_side, image_root=source.image_root)
     held_out = assign_eval([r["pid"] for r in result.rows],
                            [(r["question_type"], r["answer_type"]) for r in result.rows],
                            seed, data.eval_fraction)
@@ -81,9 +82,8 @@ def _profile_hint(splits_dir: Path) -> str:
 
 
 def load_split(splits_dir: Path, name: Literal["train", "eval"]) -> Dataset:
-    """One split as a ``datasets.Dataset`` (columns: :data:`vlrl.data.schema.SPLIT_FEATURES`).
-
-    """
+    """One split as a ``datasets.Dataset`` (columns: :data:`vlrl.data.schema.SPLIT_FEATURES`); a damaged
+    or foreign folder is named with the fix."""
     if name not in SPLIT_NAMES:
         raise ValueError(f"split name {name!r}: allowed: {', '.join(SPLIT_NAMES)}")
     splits_dir = Path(splits_dir)
@@ -93,4 +93,14 @@ def load_split(splits_dir: Path, name: Literal["train", "eval"]) -> Dataset:
     # In memory, so that .map()/.filter() downstream never write cache-*.arrow files into the split
     # folder: that folder is the fetch stage's DVC output, and any new file in it makes DVC see the
     # data as modified and re-run every stage after fetch.
-    return datasets.load_from_disk(str(folder), keep_in_memory=True)
+    try:
+        split = datasets.load_from_disk(str(folder), keep_in_memory=True)
+    except Exception as exc:  # datasets / pyarrow raise many types for a truncated or foreign folder
+        raise CorruptInputError(f"{folder}: cannot be read as a split ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:160]}); delete {splits_dir} and "
+                                f"{_profile_hint(splits_dir)}") from exc
+    missing = [column for column in SPLIT_FEATURES if column not in split.column_names]
+    if not isinstance(split, Dataset) or missing:
+        raise CorruptInputError(f"{folder}: not a vlrl split (missing columns: {', '.join(missing) or '-'}); "
+                                f"delete {splits_dir} and {_profile_hint(splits_dir)}")
+    return split

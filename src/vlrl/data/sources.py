@@ -42,6 +42,8 @@ class SourceData:
     source: str
     revision: str | None
     described: dict
+    #: The folder a row's image path may point into (a local mirror's own folder); None: bytes only.
+    image_root: Path | None = None
 
 
 def _undecoded(dataset: Dataset, where: str) -> Dataset:
@@ -102,6 +104,21 @@ def load_local(local: LocalSource) -> SourceData:
                               "or a folder of parquet files with MathVista's columns")
     is_saved = path.is_dir() and any((path / name).exists()
                                      for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+    try:
+        dataset = _read_local(path, local, is_saved, where)
+    except DataSourceError:
+        raise
+    except Exception as exc:  # pyarrow / datasets raise many types for a truncated or foreign file
+        raise DataSourceError(f"{where}: cannot be read as a MathVista copy ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); replace it with an intact save_to_disk "
+                              "folder or parquet files") from exc
+    log.info("loaded %d rows from %s", dataset.num_rows, path)
+    root = path if path.is_dir() else path.parent
+    return SourceData(_undecoded(dataset, where), "local", None, {"path": str(path), "split": local.split},
+                      image_root=root)
+
+
+def _read_local(path: Path, local: LocalSource, is_saved: bool, where: str) -> Dataset:
     if is_saved:
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, DatasetDict):
@@ -115,8 +132,7 @@ def load_local(local: LocalSource) -> SourceData:
         if not files or any(f.suffix != ".parquet" for f in files):
             raise DataSourceError(f"{where}: neither a save_to_disk folder nor parquet file(s)")
         dataset = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    log.info("loaded %d rows from %s", dataset.num_rows, path)
-    return SourceData(_undecoded(dataset, where), "local", None, {"path": str(path), "split": local.split})
+    return dataset
 
 
 def load_source(data: DataParams, seed: int) -> SourceData:

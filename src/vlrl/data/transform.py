@@ -28,24 +28,33 @@ import io
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from vlrl.errors import CorruptInputError
+from vlrl.mathvista import ANSWER_TYPES, QUESTION_TYPES
 
 #: The steps, in order (manifest keys ``rows_after_<step>``).
-STEPS = ("unique_pid", "numeric_answer", "question", "image")
+STEPS = ("unique_pid", "numeric_answer", "question", "item_fields", "image")
 
 #: Every drop reason, per step.
 REASONS = {
-    "unique_pid": ("duplicate_pid",),
+    "unique_pid": ("missing_pid", "duplicate_pid"),
     "numeric_answer": ("missing_answer", "non_numeric_answer"),
     "question": ("empty_question",),
-    "image": ("missing_image", "undecodable_image", "image_too_small"),
+    "item_fields": ("unknown_question_type", "unknown_answer_type", "choices_missing", "answer_not_a_choice",
+                    "bad_precision"),
+    "image": ("missing_image", "image_outside_source", "image_too_large", "undecodable_image", "image_too_small"),
 }
+
+#: The largest image file read (bytes). MathVista's largest testmini image is about 18 megapixels; a
+#: row naming something bigger (or /dev/zero) is dropped instead of exhausting memory.
+MAX_IMAGE_BYTES = 64 * 2**20
 
 
 class NoRowsLeftError(CorruptInputError):
@@ -86,26 +95,60 @@ def _is_blank(text: str | None) -> bool:
     return text is None or not str(text).strip()
 
 
-def _image_bytes(value: Any) -> bytes | None:
-    """Raw bytes of a source image cell: {"bytes", "path"} (Image(decode=False)), bytes, or a PIL image."""
-    if value is None:
-        return None
+def _read_confined(path_text: str, image_root: Path | None) -> tuple[bytes | None, str | None]:
+    """The bytes of an image file a row names, only inside ``image_root`` and only up to the size cap."""
+    if image_root is None:
+        return None, "image_outside_source"
+    root = image_root.resolve()
+    path = (root / path_text).resolve()  # an absolute path_text stays absolute
+    if not path.is_relative_to(root):
+        return None, "image_outside_source"
+    try:
+        if not path.is_file():  # also refuses devices and FIFOs such as /dev/zero
+            return None, "undecodable_image"
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            return None, "image_too_large"
+        with path.open("rb") as handle:
+            return handle.read(MAX_IMAGE_BYTES + 1), None
+    except OSError:
+        return None, "undecodable_image"
+
+
+def image_bytes(value: Any, image_root: Path | None = None) -> tuple[bytes | None, str | None]:
+    """(raw bytes, None) of a source image cell, or (None, drop reason).
+
+    A cell is {"bytes", "path"} (``Image(decode=False)``), bytes, or a PIL image. Bytes in the row are
+    used as they are (up to :data:`MAX_IMAGE_BYTES`); a path is read only when it lies inside
+    ``image_root``, the local mirror's own folder: a row cannot pull in other files of the machine.
+
+    >>> image_bytes({"bytes": None, "path": "/etc/passwd"}, Path("/mirror"))
+    (None, 'image_outside_source')
+    >>> image_bytes(None)
+    (None, 'missing_image')
+    """
     if isinstance(value, Image.Image):
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
-        return buffer.getvalue()
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
+        value = buffer.getvalue()
     if isinstance(value, dict):
         if value.get("bytes"):
-            return value["bytes"]
-        if value.get("path"):
-            try:
-                with open(value["path"], "rb") as handle:
-                    return handle.read()
-            except OSError:
-                return b""  # a path that cannot be read: undecodable, not missing
-    return None
+            value = value["bytes"]
+        elif value.get("path"):
+            value, problem = _read_confined(str(value["path"]), image_root)
+            if problem is not None:
+                return None, problem
+    if isinstance(value, bytes | bytearray):
+        return (bytes(value), None) if len(value) <= MAX_IMAGE_BYTES else (None, "image_too_large")
+    return None, "missing_image"
+
+
+def _precision_ok(precision: Any) -> bool:
+    """None, or a finite, non-negative, integer-valued number of decimals (the hub stores it as a float)."""
+    if precision is None:
+        return True
+    if isinstance(precision, bool) or not isinstance(precision, int | float):
+        return False
+    return math.isfinite(precision) and precision >= 0 and float(precision).is_integer()
 
 
 def decode_image(data: bytes) -> Image.Image | None:
@@ -142,9 +185,11 @@ def to_model_image(image: Image.Image, image_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _drop_reason(row: dict[str, Any], seen: set[str], image_bytes: bytes | None) -> tuple[str, str] | None:
+def _drop_reason(row: dict[str, Any], seen: set[str], image_problem: str | None) -> tuple[str, str] | None:
     """(step, reason) of the first check the row fails, in :data:`STEPS` order; None if it passes
     every check but the image decode (done by the caller, as it is the expensive one)."""
+    if _is_blank(row.get("pid")):
+        return "unique_pid", "missing_pid"
     if row["pid"] in seen:
         return "unique_pid", "duplicate_pid"
     if _is_blank(row.get("answer")):
@@ -153,9 +198,36 @@ def _drop_reason(row: dict[str, Any], seen: set[str], image_bytes: bytes | None)
         return "numeric_answer", "non_numeric_answer"
     if _is_blank(row.get("question")):
         return "question", "empty_question"
-    if image_bytes is None:
-        return "image", "missing_image"
+    fields = _item_fields_problem(row)
+    if fields is not None:
+        return "item_fields", fields
+    if image_problem is not None:
+        return "image", image_problem
     return None
+
+
+def _item_fields_problem(row: dict[str, Any]) -> str | None:
+    """Rows the answer checks could not judge as MathVista does: unknown enums, inconsistent choices."""
+    if row.get("question_type") not in QUESTION_TYPES:
+        return "unknown_question_type"
+    if row.get("answer_type") not in ANSWER_TYPES:
+        return "unknown_answer_type"
+    if row["question_type"] == "multi_choice":
+        choices = row.get("choices")
+        if not isinstance(choices, list | tuple) or not choices:
+            return "choices_missing"
+        if str(row["answer"]) not in [str(c) for c in choices]:
+            return "answer_not_a_choice"
+    if not _precision_ok(row.get("precision")):
+        return "bad_precision"
+    return None
+
+
+def _length(rows: Iterable) -> int | None:
+    try:
+        return len(rows)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _hash_row(hasher: Any, row: dict[str, Any], image_bytes: bytes | None) -> None:
@@ -165,8 +237,10 @@ def _hash_row(hasher: Any, row: dict[str, Any], image_bytes: bytes | None) -> No
 
 
 def transform_rows(rows: Iterable[dict[str, Any]], image_size: int, min_image_side: int,
-                   progress: Iterator | None = None) -> TransformResult:
+                   image_root: Path | None = None, progress: bool = True) -> TransformResult:
     """Run the transform over hub-format rows (``decoded_image`` undecoded: {"bytes", "path"}).
+
+    ``image_root``: the folder a local mirror's image paths may point into (None: bytes only).
 
     Returns the kept rows in the split schema, counts after each step, the dropped rows with reasons
     and a SHA-256 over every source row (pid, question, answer, image bytes): the source fingerprint.
@@ -174,7 +248,7 @@ def transform_rows(rows: Iterable[dict[str, Any]], image_size: int, min_image_si
     >>> from vlrl.data.offline import generate_offline
     >>> from datasets import Image as I
     >>> raw = generate_offline(20, 3407, 64).cast_column("decoded_image", I(decode=False))
-    >>> result = transform_rows(raw, image_size=32, min_image_side=8)
+    >>> result = transform_rows(raw, image_size=32, min_image_side=8, progress=False)
     >>> result.rows_in, result.rows_after["image"] == len(result.rows)
     (20, True)
     """
@@ -184,15 +258,15 @@ def transform_rows(rows: Iterable[dict[str, Any]], image_size: int, min_image_si
     dropped_at = Counter()
     hasher = hashlib.sha256()
     rows_in = nonfinite = 0
-    for row in rows:
+    for row in tqdm(rows, desc="transform", unit="row", disable=not progress, total=_length(rows)):
         rows_in += 1
-        image_bytes = _image_bytes(row.get("decoded_image"))
-        _hash_row(hasher, row, image_bytes)
-        failed = _drop_reason(row, seen, image_bytes)
-        seen.add(row["pid"])
+        data, image_problem = image_bytes(row.get("decoded_image"), image_root)
+        _hash_row(hasher, row, data)
+        failed = _drop_reason(row, seen, image_problem)
+        seen.add(row.get("pid"))
         image = None
         if failed is None:
-            image = decode_image(image_bytes)
+            image = decode_image(data)
             if image is None:
                 failed = ("image", "undecodable_image")
             elif min(image.size) < min_image_side:

@@ -30,7 +30,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from vlrl.config import ReportParams
-from vlrl.io import atomic_write_text, read_json_object, read_jsonl
+from vlrl.io import atomic_directory, atomic_write_text, read_json_object, read_jsonl
 from vlrl.metrics import BREAKDOWN_FIELDS, MEANS, METRIC_DEFINITIONS, RATES, SMALL_CELL
 from vlrl.report import analysis
 from vlrl.report.markdown import cell, code_span, fenced, one_line
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: The training curves the report plots (plots/<profile>/train_curves/<name>.tsv).
 CURVE_NAMES = ("reward", "reward_format", "reward_correctness", "format_rate", "frac_reward_zero_std")
 HEADLINE_KEYS = ("n", *(rate.key for rate in RATES))
+#: Fields of each scored record the report reads.
+SCORED_FIELDS = ("pid", "gold", "completion", "correctness_criterion", *(rate.field for rate in RATES))
 #: The tags in the glossary's text, shown as code rather than swallowed as HTML.
 _TAG = re.compile(r"</?[A-Z]+>")
 
@@ -244,17 +246,24 @@ def environment_section(manifest: dict, metas: list[dict]) -> str:
 
 
 def build_report(inputs: ReportInputs, params: ReportParams, out_dir: Path) -> Path:
-    """Write ``out_dir/report.md`` and its PNG figures; returns the report path."""
+    """Write ``out_dir/report.md`` and its PNG figures, replacing the folder whole (atomically, and only
+    if vlrl wrote it: :func:`vlrl.io.atomic_directory`); returns the report path."""
+    with atomic_directory(out_dir) as tmp:
+        _write_report(inputs, params, tmp)
+    log.info("wrote %s", Path(out_dir) / "report.md")
+    return Path(out_dir) / "report.md"
+
+
+def _write_report(inputs: ReportInputs, params: ReportParams, out_dir: Path) -> None:
     base_m = read_json_object(inputs.baseline_metrics, HEADLINE_KEYS)
     post_m = read_json_object(inputs.post_metrics, HEADLINE_KEYS)
-    base_r, post_r = read_jsonl(inputs.baseline_scored), read_jsonl(inputs.post_scored)
+    base_r, post_r = (read_jsonl(path, SCORED_FIELDS) for path in (inputs.baseline_scored, inputs.post_scored))
     train, manifest = read_json_object(inputs.train_metrics), read_json_object(inputs.manifest)
     breakdowns = [read_json_object(p) if p is not None else {} for p in (inputs.baseline_breakdown,
                                                                           inputs.post_breakdown)]
     metas = [read_json_object(p) for p in inputs.generation_meta if Path(p).exists()]
     curves = {name: analysis.read_curve(inputs.curves_dir, name) for name in CURVE_NAMES}
     pairs = analysis.pair_by_pid(base_r, post_r)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tests = [analysis.paired_test(pairs, rate.field, rate.label) for rate in RATES
              if rate.paired and all(rate.field in r for r in base_r[:1] + post_r[:1])]
     plot_before_after(base_m, post_m, out_dir / "before_after.png")
@@ -288,6 +297,4 @@ def build_report(inputs: ReportInputs, params: ReportParams, out_dir: Path) -> P
     md += ["## Environment\n", environment_section(manifest, metas) + "\n", "## Metric glossary\n",
            "\n".join(f"- `{key}`: {_TAG.sub(lambda m: code_span(m.group()), meaning)}"
                      for key, meaning in METRIC_DEFINITIONS.items()) + "\n"]
-    path = atomic_write_text(out_dir / "report.md", "\n".join(md))
-    log.info("wrote %s", path)
-    return path
+    atomic_write_text(out_dir / "report.md", "\n".join(md))

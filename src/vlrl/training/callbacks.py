@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from transformers import ProgressCallback, TrainerCallback
 
-from vlrl.io import atomic_write_json, atomic_write_text
+from vlrl.io import atomic_write_text
 from vlrl.rewards import FORMAT_RATE_KEY
-from vlrl.training.checkpoints import COMPLETE_MARKER
+from vlrl.training.checkpoints import write_complete_marker
 
 #: Curve file name (``<curves_dir>/<name>.tsv``, column ``<name>``) -> key in the trainer's logs.
 CURVES: dict[str, str] = {
@@ -40,12 +40,12 @@ CURVES: dict[str, str] = {
 
 
 class CheckpointMarker(TrainerCallback):
-    """Writes :data:`COMPLETE_MARKER` into a checkpoint once the Trainer has written all of it."""
+    """Marks a checkpoint complete (file digests included) once the Trainer has written all of it."""
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            atomic_write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step})
+        if folder.is_dir() and state.is_world_process_zero:
+            write_complete_marker(folder, state.global_step)
         return control
 
 

@@ -34,7 +34,7 @@ from trl import GRPOConfig, GRPOTrainer
 from vlrl.config import GSPOParams, TrainParams, TrainStageParams, is_off_policy
 from vlrl.errors import ConfigError, VlrlError
 from vlrl.generation import prompt_token_counts
-from vlrl.io import atomic_directory, atomic_write_json
+from vlrl.io import atomic_directory, atomic_write_json, check_replaceable
 from vlrl.mathvista import GOLD_FIELDS
 from vlrl.modeling import load_model_and_processor, load_processor, resolve_device, torch_threads
 from vlrl.prompts import build_prompt
@@ -237,6 +237,8 @@ def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapte
     untracked folder, e.g. under ``logs/``) follows the run at every log for people watching it.
     """
     model_dir, adapter_dir, checkpoints_dir = Path(model_dir), Path(adapter_dir), Path(checkpoints_dir)
+    for folder in (adapter_dir, Path(curves_dir)):  # before hours of training, not after
+        check_replaceable(folder)
 
     # ---- data: prompts, over-long prompts dropped (processor only, no model yet) ---------------------
     processor = load_processor(params.model, model_dir)
