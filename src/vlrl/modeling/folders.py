@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlrl.errors import CorruptInputError, MissingInputError
+from vlrl.io import read_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -52,13 +53,7 @@ def rebuild_hint(model_dir: Path) -> str:
 
 def read_json_file(path: Path, fix: str) -> Any:
     """A JSON file's content, or one line naming the file, what is wrong and ``fix``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path}: not found; {fix}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptInputError(f"{path}: not valid JSON ({exc}); {fix}") from exc
+    return read_json(path, fix)
 
 
 def check_architecture(config: Any, where: str, fix: str) -> dict:
