@@ -1,4 +1,4 @@
-# vlrl: make install | test | test-pipeline | demo | install-gpu | bench
+# vlrl: make install | test | test-pipeline | demo | ablate | install-gpu | bench
 # CPU machines get the pinned CPU build of torch first (constraints-cpu.txt): a plain resolve of
 # `torch` would pull the newest release and several GB of CUDA packages.
 PYTHON ?= python3.11
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.vlrl-installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install test test-pipeline demo install-gpu bench lint clean-tiny
+.PHONY: install test test-pipeline demo ablate install-gpu bench lint clean-tiny
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ test-pipeline: install
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro --glob '*@tiny'
 	@echo "report: $(CURDIR)/reports/tiny/report.md"
+
+# The λ ablations and seeds of the tiny profile as queued DVC experiments (params.yaml and the workspace stay
+# as they are); writes reports/ablations_tiny.md. About 10 minutes on 2 cores. ABLATE_ARGS="--jobs 2" etc.
+ablate: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/vlrl ablate --profile tiny $(ABLATE_ARGS)
 
 # On a CUDA machine: the GPU extras (Unsloth, bitsandbytes) into the current Python environment,
 # with the same pinned trl/transformers/datasets/peft as the CPU path.
