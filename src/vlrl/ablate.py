@@ -174,12 +174,15 @@ def queue(experiments: Iterable[Experiment], profile: str) -> None:
 def wait(experiments: Sequence[Experiment], profile: str, *, poll_s: float = 15.0) -> dict[str, dict[str, Any]]:
     """Block until none of the experiments is queued or running; returns their metrics."""
     names = {e.exp_name for e in experiments}
+    shown: list[str] = []
     while True:
         found = exp_show(profile)
         pending = sorted(n for n in names if found.get(n, {}).get("state") in PENDING_STATES)
         if not pending:
             return found
-        print(f"waiting for {len(pending)} experiment(s): {', '.join(pending)}", flush=True)
+        if pending != shown:  # one line per change, not one per poll
+            print(f"waiting for {len(pending)} experiment(s): {', '.join(pending)}", flush=True)
+            shown = pending
         time.sleep(poll_s)
 
 
