@@ -135,6 +135,7 @@ def test_legend_names_the_held_out_size():
 @pytest.mark.parametrize(("argv", "message"), [
     pytest.param(["ablate", "--jobs", "0"], "--jobs 0: must be >= 1", id="jobs-zero"),
     pytest.param(["ablate", "--seeds", "3", "3", "--table-only"], "a seed is repeated", id="repeated-seed"),
+    pytest.param(["ablate", "--rev", "abc"], "--rev goes with --table-only", id="rev-without-table-only"),
 ])
 def test_bad_calls_are_one_line_usage_errors(argv, message, capsys):
     assert main(argv) == 2

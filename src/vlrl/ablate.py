@@ -1,7 +1,7 @@
 """λ ablations and seed spread as DVC experiments, summarised in one markdown table.
 
     vlrl ablate                     # tiny profile: queue, run and wait for the experiments, write the table
-    vlrl ablate --table-only        # the table from experiments already run on this commit
+    vlrl ablate --table-only        # the table from experiments already run on this commit (--rev: another)
     make ablate                     # the same as `vlrl ablate`
 
 The experiments (:func:`plan`): the default settings at ``--seeds`` (the first seed is params.yaml's),
@@ -150,16 +150,24 @@ def _require_dvc() -> None:
                                  "or activate .venv")
 
 
-def exp_show(profile: str) -> dict[str, dict[str, Any]]:
-    """The ablation experiments of HEAD, read with ``dvc exp show --json``."""
-    done = _dvc(["exp", "show", "--json", "--force"])
+def head_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise EnvironmentProblem(f"vlrl ablate: `git rev-parse HEAD` failed: {done.stderr.strip()}; "
+                                 "DVC experiments need a git repository with a commit")
+    return done.stdout.strip()
+
+
+def exp_show(profile: str, rev: str) -> dict[str, dict[str, Any]]:
+    """The ablation experiments based on commit ``rev``, read with ``dvc exp show --json``."""
+    done = _dvc(["exp", "show", "--json", "--force", "--rev", rev])
     return experiment_metrics(json.loads(done.stdout or "[]"), profile)
 
 
-def queue(experiments: Iterable[Experiment], profile: str) -> None:
-    """Queue the experiments, removing earlier ones of the same name on this commit first."""
+def queue(experiments: Iterable[Experiment], profile: str, rev: str) -> None:
+    """Queue the experiments, removing earlier ones of the same name on commit ``rev`` (HEAD) first."""
     experiments = list(experiments)
-    existing = exp_show(profile)
+    existing = exp_show(profile, rev)
     stale = [e.exp_name for e in experiments if e.exp_name in existing]
     if stale:
         _dvc(["exp", "remove", *stale])
@@ -171,12 +179,17 @@ def queue(experiments: Iterable[Experiment], profile: str) -> None:
         print(f"queued {experiment.exp_name}: {' '.join(experiment.overrides)}", flush=True)
 
 
-def wait(experiments: Sequence[Experiment], profile: str, *, poll_s: float = 15.0) -> dict[str, dict[str, Any]]:
-    """Block until none of the experiments is queued or running; returns their metrics."""
+def wait(experiments: Sequence[Experiment], profile: str, rev: str, *,
+         poll_s: float = 15.0) -> dict[str, dict[str, Any]]:
+    """Block until none of the experiments is queued or running; returns their metrics.
+
+    They are looked up under the commit they were queued on (``rev``), so a commit made meanwhile
+    does not hide them.
+    """
     names = {e.exp_name for e in experiments}
     shown: list[str] = []
     while True:
-        found = exp_show(profile)
+        found = exp_show(profile, rev)
         pending = sorted(n for n in names if found.get(n, {}).get("state") in PENDING_STATES)
         if not pending:
             return found
@@ -198,9 +211,10 @@ def start_workers(jobs: int) -> None:
 
 def run_ablations(experiments: Sequence[Experiment], profile: str, jobs: int) -> dict[str, dict[str, Any]]:
     _require_dvc()
-    queue(experiments, profile)
+    rev = head_commit()
+    queue(experiments, profile, rev)
     start_workers(jobs)
-    found = wait(experiments, profile)
+    found = wait(experiments, profile, rev)
     failed = sorted(e.exp_name for e in experiments if found.get(e.exp_name, {}).get("state") != "success")
     if failed:
         raise EnvironmentProblem(f"vlrl ablate: experiment(s) {', '.join(failed)} did not succeed; see "
@@ -229,7 +243,9 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="markdown file (default: reports/ablations_<profile>.md)")
     parser.add_argument("--table-only", action="store_true",
-                        help="do not run anything: build the table from finished experiments of this commit")
+                        help="do not run anything: build the table from finished experiments")
+    parser.add_argument("--rev", metavar="COMMIT",
+                        help="with --table-only: the commit the experiments were queued on (default: HEAD)")
     parser.set_defaults(handler=_run_ablate)
 
 
@@ -239,9 +255,11 @@ def _run_ablate(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     params.profile(args.profile)  # names the allowed profiles if this one does not exist
     experiments = plan(params.seed, params.rewards.format_weight, params.rewards.correctness_weight, args.seeds)
+    if args.rev and not args.table_only:
+        raise UsageError("vlrl ablate: --rev goes with --table-only (a new run queues on HEAD)")
     if args.table_only:
         _require_dvc()
-        found = exp_show(args.profile)
+        found = exp_show(args.profile, args.rev or head_commit())
     else:
         found = run_ablations(experiments, args.profile, args.jobs)
     # Imported here: pandas adds about a second to the start-up of every `vlrl` command otherwise.
@@ -249,8 +267,9 @@ def _run_ablate(args: argparse.Namespace) -> int:
 
     frame = results_frame(experiments, found)
     if frame.empty:
-        raise VlrlError(f"vlrl ablate: no finished ablation experiment on this commit for profile "
-                        f"{args.profile!r}; run `vlrl ablate` (or `make ablate`) first")
+        raise VlrlError(f"vlrl ablate: no finished ablation experiment for profile {args.profile!r} on commit "
+                        f"{args.rev or 'HEAD'}; run `vlrl ablate` (or `make ablate`) first, or pass the commit "
+                        "they were queued on with --rev")
     markdown = table_markdown(frame, args.profile)
     out = args.out or Path("reports") / f"ablations_{args.profile}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
