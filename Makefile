@@ -1,4 +1,4 @@
-# vlrl: make install | test | test-pipeline | test-gpu-contract | demo | install-gpu | gpu-smoke | bench
+# vlrl: make install | test | test-pipeline | test-gpu-contract | demo | ablate | install-gpu | gpu-smoke | bench
 # CPU machines get the pinned CPU build of torch first (constraints-cpu.txt): a plain resolve of
 # `torch` would pull the newest release and several GB of CUDA packages.
 PYTHON ?= python3.11
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.vlrl-installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install test test-pipeline test-gpu-contract demo install-gpu gpu-smoke bench lint clean-tiny
+.PHONY: install test test-pipeline test-gpu-contract demo ablate install-gpu gpu-smoke bench lint clean-tiny
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test-gpu-contract: install
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro --glob '*@tiny'
 	@echo "report: $(CURDIR)/reports/tiny/report.md"
+
+# The λ ablations and seeds of the tiny profile as queued DVC experiments (params.yaml and the workspace stay
+# as they are); writes reports/ablations_tiny.md. About 10 minutes on 2 cores. ABLATE_ARGS="--jobs 2" etc.
+ablate: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/vlrl ablate --profile tiny $(ABLATE_ARGS)
 
 # On a CUDA machine: the GPU extras (Unsloth, bitsandbytes) into the current Python environment
 # ($(GPU_PYTHON)), with the same pinned trl/transformers/datasets/peft as the CPU path, KEEPING the

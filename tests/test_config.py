@@ -80,7 +80,7 @@ def test_full_profile_carries_the_reference_settings():
                      id="beta of one never forgets"),
         pytest.param("profiles.tiny.train.weight_decay", -0.1, r"weight_decay = -0\.1: must be >= 0",
                      id="negative weight decay grows the weights"),
-        pytest.param("profiles.tiny.train.save_steps", 1000, r"save_steps = 1000: must be <= max_steps \(40\)",
+        pytest.param("profiles.tiny.train.save_steps", 1000, r"save_steps = 1000: must be <= max_steps \(100\)",
                      id="no checkpoint before the end"),
         pytest.param("profiles.tiny.train.max_prompt_length", 1000,
                      r"max_prompt_length \(1000\) \+ max_completion_length = 1048 exceeds",
@@ -134,10 +134,10 @@ def test_numbers_in_any_spelling(tmp_path, spelling, value):
 
 def test_integers_in_any_spelling(tmp_path):
     text = FIXTURE_PARAMS.read_text().replace("n_items: 480", "n_items: 1_000")
-    text = text.replace("max_steps: 40", "max_steps: 4e1")
+    text = text.replace("max_steps: 100", "max_steps: 1e2")
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml").profile("tiny")
-    assert (params.data.offline.n_items, params.train.max_steps) == (1000, 40)
+    assert (params.data.offline.n_items, params.train.max_steps) == (1000, 100)
 
 
 @given(st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False))

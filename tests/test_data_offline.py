@@ -10,7 +10,16 @@ import pytest
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from vlrl.data.offline import DEFECT_PERIOD, DEFECTS, KINDS, defect_of, generate_offline, offline_row
+from vlrl.data.offline import (
+    BAR_FILL,
+    DEFECT_PERIOD,
+    DEFECTS,
+    GRID,
+    KINDS,
+    defect_of,
+    generate_offline,
+    offline_row,
+)
 from vlrl.data.schema import HUB_FEATURES
 
 N = 2 * DEFECT_PERIOD
@@ -90,17 +99,55 @@ def test_images_match_metadata_and_canvas(raw) -> None:
     assert (image.size, row["metadata"]["img_width"], row["metadata"]["img_height"]) == ((64, 64), 64, 64)
 
 
-def test_number_reading_picture_is_a_function_of_its_answer() -> None:
-    # The question text is constant for this kind, so the answer must come from the picture:
-    # equal answers give equal pictures, different answers different pictures.
-    rows = [offline_row(i, 11, 64) for i in range(400)]
-    by_answer: dict[str, set[bytes]] = {}
+def _dark(pixel) -> bool:
+    return sum(pixel) < 3 * 128
+
+
+def _read_squares(image: Image.Image) -> int:
+    """A reference reader: the squares are the grid cells whose centre is dark."""
+    cell = image.width / GRID
+    return sum(_dark(image.getpixel((int((c % GRID + 0.5) * cell), int((c // GRID + 0.5) * cell))))
+               for c in range(GRID * GRID))
+
+
+def _bar_fraction(image: Image.Image) -> float:
+    """A reference reader: the bar's height (coloured pixels in its tallest column) / the plot height."""
+    column = max(sum(image.getpixel((x, y)) == BAR_FILL for y in range(image.height)) for x in range(image.width))
+    base, top = image.height - max(2, image.height // 16), max(2, image.height // 16)
+    return (column - 1) / (base - top)
+
+
+READERS = {
+    "shape count": lambda image: str(_read_squares(image)),
+    "shape count choice": lambda image: str(_read_squares(image)),
+    "bar height": lambda image: str(round(_bar_fraction(image) * 9)),
+    "bar value": lambda image: f"{round(_bar_fraction(image) * 10) / 2:.1f}",
+}
+
+
+@pytest.mark.parametrize("canvas", [pytest.param(64, id="tiny-profile-canvas"), pytest.param(96, id="larger-canvas")])
+def test_the_answer_can_be_read_off_the_picture_alone(canvas) -> None:
+    """Every numeric kind's answer is recovered from the pixels by a few lines of reading code."""
+    rows = [offline_row(i, 11, canvas) for i in range(200)]
+    read = Counter()
     for row in rows:
-        if row["metadata"]["task"] == "number reading":
-            by_answer.setdefault(row["answer"], set()).add(row["decoded_image"]["bytes"])
-    pictures = [p for ps in by_answer.values() for p in ps]
-    assert len(by_answer) > 10 and all(len(ps) == 1 for ps in by_answer.values())
-    assert len(set(pictures)) == len(pictures)
+        kind = row["metadata"]["task"]
+        if kind in READERS:
+            image = Image.open(io.BytesIO(row["decoded_image"]["bytes"])).convert("RGB")
+            assert READERS[kind](image) == row["answer"], (kind, row["pid"])
+            read[kind] += 1
+    assert set(read) == set(READERS)
+
+
+def test_each_kind_asks_one_fixed_question() -> None:
+    """The question text cannot carry the answer: one wording per kind, and no two kinds share one."""
+    questions: dict[str, set[str]] = {}
+    for i in range(300):
+        row = offline_row(i, 3, 64)
+        questions.setdefault(row["metadata"]["task"], set()).add(row["question"])
+    assert all(len(q) == 1 for q in questions.values()), questions
+    wordings = [next(iter(q)) for q in questions.values()]
+    assert len(set(wordings)) == len(wordings)
 
 
 def test_question_vocabulary_is_small(raw) -> None:

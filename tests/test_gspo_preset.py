@@ -16,6 +16,9 @@ import torch
 from helpers import edited, fixture_params, raw_params
 from vlrl.config import ConfigError, is_off_policy, parse_params, stage_view
 
+#: The tiny training section: the paper preset generates 4 x gradient_accumulation_steps batches at once.
+_TINY_TRAIN = raw_params()["profiles"]["tiny"]["train"]
+
 
 @pytest.mark.parametrize(("preset", "expected"), [
     pytest.param("reference", {"loss_type": "dr_grpo", "epsilon": 0.2, "epsilon_high": None, "scale_rewards": "none",
@@ -46,8 +49,11 @@ def test_default_is_the_reference_preset():
     pytest.param("gspo.preset", "papers", "gspo.preset = 'papers': allowed: 'reference', 'paper'", id="typo"),
     pytest.param("gspo.scale_rewards", "std", "gspo.scale_rewards = 'std': allowed: 'group', 'batch', 'none'",
                  id="unknown-scaling"),
-    pytest.param("profiles.tiny.train.num_generations", 3, "must divide the generation batch .* = 32, with "
-                 "gspo.preset 'paper'", id="group-size-checked-against-the-paper-batch"),
+    pytest.param("profiles.tiny.train.num_generations", 3,
+                 "must divide the generation batch .* = "
+                 f"{_TINY_TRAIN['per_device_train_batch_size'] * 4 * _TINY_TRAIN['gradient_accumulation_steps']}, "
+                 "with gspo.preset 'paper'",
+                 id="group-size-checked-against-the-paper-batch"),
 ])
 def test_preset_values_are_checked_at_load(path, value, message):
     raw = edited(raw_params(), "gspo.preset", "paper")

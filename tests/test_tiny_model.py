@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import fixture_params
 from vlrl import rewards
 from vlrl.config import TinyModelBuild
+from vlrl.errors import ConfigError
 from vlrl.generation import generate_completions
 from vlrl.modeling import image_only_processor_class, load_model_and_processor
 from vlrl.prompts import TAGS, build_prompt
@@ -22,6 +24,7 @@ from vlrl.tiny_model import (
     build_and_warm_start,
     build_tiny_model,
     completion_text,
+    kind_guesses,
     kind_styles,
     question_kind,
     train_tokenizer,
@@ -95,20 +98,48 @@ def test_processor_expands_the_image_into_patch_tokens(tmp_path, handmade_split)
 ])
 def test_target_styles_are_scored_as_intended_by_the_reward(style, compliant):
     breakdown = rewards.explain(completion_text("12", style), "12", format_weight=0.3, correctness_weight=1.0)
-    assert breakdown.format_compliant is compliant
-    assert breakdown.format == (2.0 if compliant else 1.0)
+    assert (breakdown.format_compliant, breakdown.format) == (compliant, 2.0 if compliant else 1.0)
+    # A defect costs a format point only: the answer is still right, so format and correctness stay apart
+    # (with correctness_weight = 0, learning the format must not be a way to learn the answers).
+    assert (breakdown.correctness, breakdown.verdicts.strict) == (2.0, True)
+
+
+@pytest.mark.parametrize("style", DEFECTS)
+def test_a_defect_leaves_the_text_just_before_the_answer_as_in_a_well_formatted_target(style):
+    well, defect = completion_text("12", WELL), completion_text("12", style)
+    tail = well[well.index("</REASONING>"):]
+    assert defect.endswith(tail), defect
 
 
 @pytest.mark.parametrize(("kinds", "fraction", "expected"), [
     pytest.param(["a", "a", "b", "b"], 0.5, {"a": WELL, "b": DEFECTS[0]}, id="half-and-half"),
-    pytest.param(["a", "b", "c", "d"], 0.5, {"a": WELL, "b": WELL, "c": DEFECTS[0], "d": DEFECTS[1]},
-                 id="defects-cycle-by-kind"),
+    pytest.param(["a", "b", "c", "d"], 0.5, {"a": WELL, "b": WELL, "c": DEFECTS[0], "d": DEFECTS[-1]},
+                 id="the-rest-get-defects"),
     pytest.param(["a", "b", "b", "b"], 0.5, {"b": WELL, "a": DEFECTS[0]}, id="biggest-kind-first"),
     pytest.param(["a", "b"], 1.0, {"a": WELL, "b": DEFECTS[0]}, id="never-all-one-style"),
     pytest.param(["a", "b"], 0.0, {"a": DEFECTS[0], "b": WELL}, id="never-all-defects"),
 ])
 def test_kind_styles(kinds, fraction, expected):
     assert kind_styles(kinds, fraction) == expected
+
+
+@pytest.mark.parametrize(("answers", "kinds", "expected"), [
+    pytest.param(["3", "3", "5"], ["a", "a", "a"], {"a": "3"}, id="most-common-answer"),
+    pytest.param(["5", "3"], ["a", "a"], {"a": "3"}, id="tie-goes-to-the-smallest-string"),
+    pytest.param(["1", "2", "2", "7"], ["a", "b", "b", "a"], {"a": "1", "b": "2"}, id="one-guess-per-kind"),
+])
+def test_kind_guesses(answers, kinds, expected):
+    assert kind_guesses([{"answer": a} for a in answers], kinds) == expected
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    pytest.param("guess_fraction", 1.0, r"guess_fraction = 1\.0: must be in \[0, 1\)", id="all-guesses-teach-nothing"),
+    pytest.param("guess_fraction", -0.1, r"guess_fraction = -0\.1", id="negative-share"),
+    pytest.param("initializer_range", 0, r"initializer_range = 0\.0: must be in \(0, 1\]", id="all-zero-weights"),
+])
+def test_build_fields_are_validated_naming_the_key(field, value, message):
+    with pytest.raises(ConfigError, match=rf"profiles\.tiny\.model\.build\.{message}"):
+        fixture_params(**{f"profiles__tiny__model__build__{field}": value})
 
 
 @pytest.mark.parametrize(("row", "kind"), [
@@ -153,31 +184,51 @@ def greedy_eval(tiny_params, tiny_model, eval_split):
                    tiny_params.seed)
 
 
+@pytest.fixture(scope="module")
+def sampled_eval(tiny_params, tiny_model, eval_split):
+    """``num_generations`` samplings of the held-out split at the training temperature: GSPO's groups."""
+    model, processor = tiny_model
+    train = tiny_params.profile("tiny").train
+    sampling = dataclasses.replace(tiny_params.profile("tiny").generation, temperature=train.temperature)
+    return [_scored(tiny_params, model, processor, eval_split, sampling, seed)[0]
+            for seed in range(train.num_generations)]
+
+
 def test_warm_start_puts_held_out_format_compliance_strictly_inside_the_band(greedy_eval):
     _, metrics = greedy_eval
     assert 0.1 < metrics["format_compliance"] < 0.9, metrics["format_compliance"]
 
 
-def test_sampling_disagrees_with_greedy_on_format_so_gspo_has_reward_variance(tiny_params, tiny_model,
-                                                                               eval_split, greedy_eval):
-    """At temperature 1, some greedy-non-compliant items get compliant samples and vice versa."""
-    model, processor = tiny_model
-    sampled_params = dataclasses.replace(tiny_params.profile("tiny").generation, temperature=1.0)
-    split = eval_split.select(range(min(48, len(eval_split))))
+def test_warm_start_leaves_room_on_accuracy_greedy_well_below_what_sampling_reaches(greedy_eval, sampled_eval):
+    """Greedy reads some pictures right; a group of samples gets many more right (pass@k > pass@1)."""
+    records, metrics = greedy_eval
+    by_pid = [{r["pid"]: r["accuracy_strict"] for r in sampled} for sampled in sampled_eval]
+    pass_at_k = sum(any(group[r["pid"]] for group in by_pid) for r in records) / len(records)
+    assert 0.1 < metrics["accuracy_strict"] < pass_at_k - 0.15, (metrics["accuracy_strict"], pass_at_k)
+
+
+def test_most_sampled_groups_have_reward_variance_so_advantages_are_not_zero(greedy_eval, sampled_eval):
+    records, _ = greedy_eval
+    totals = [{r["pid"]: r["total"] for r in sampled} for sampled in sampled_eval]
+    zero_std = sum(len({group[r["pid"]] for group in totals}) == 1 for r in records) / len(records)
+    assert zero_std < 0.5, zero_std
+
+
+def test_sampling_disagrees_with_greedy_on_format_both_ways(greedy_eval, sampled_eval):
+    """Some greedy-non-compliant items get compliant samples and vice versa: the format reward has work."""
     greedy_ok = {r["pid"]: r["format_compliant"] for r in greedy_eval[0]}
-    flips_up = flips_down = 0
-    for seed in range(2):
-        sampled, _ = _scored(tiny_params, model, processor, split, sampled_params, seed)
-        flips_up += sum(1 for r in sampled if r["format_compliant"] and not greedy_ok[r["pid"]])
-        flips_down += sum(1 for r in sampled if not r["format_compliant"] and greedy_ok[r["pid"]])
+    flips_up = sum(r["format_compliant"] and not greedy_ok[r["pid"]] for sampled in sampled_eval for r in sampled)
+    flips_down = sum(not r["format_compliant"] and greedy_ok[r["pid"]] for sampled in sampled_eval for r in sampled)
     assert flips_up > 0 and flips_down > 0, (flips_up, flips_down)
 
 
-def test_warm_start_summary_records_both_styles(tiny_model_dir):
+def test_warm_start_summary_records_both_styles_and_the_guess_share(tiny_params, tiny_model_dir):
+    build = tiny_params.profile("tiny").model.build
     summary = json.loads((tiny_model_dir / "warm_start.json").read_text())
     styles = {kind["majority_style"] for kind in summary["kinds"].values()}
     assert WELL in styles and styles & set(DEFECTS)
     assert summary["loss_last"] < summary["loss_first"]
+    assert abs(summary["guessed_target_share"] - build.guess_fraction) < 0.05, summary["guessed_target_share"]
 
 
 def test_generation_config_stops_at_end_of_turn(tiny_model):

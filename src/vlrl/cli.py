@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from vlrl.ablate import add_ablate_parser
 from vlrl.config import DEFAULT_PARAMS_PATH, RewardParams, load_params
 from vlrl.entry import debug_enabled, emit, report_error
 from vlrl.errors import ConfigError, UsageError, VlrlError
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_reward_parser(subparsers)
     _add_explain_metrics_parser(subparsers)
+    add_ablate_parser(subparsers)
     return parser
 
 

@@ -8,15 +8,29 @@ Everything here runs on a CPU without network in seconds (docs/library-notes.md,
    processor (``Qwen2VLImageProcessorPil``, no torchvision) and a ``Qwen3VLForConditionalGeneration``
    from a small ``Qwen3VLConfig``, and saves them (safetensors). Two builds with the same seed are
    byte-identical.
-2. :func:`warm_start` fine-tunes it briefly (all weights, cross-entropy on the completion tokens) on
-   the TRAIN split with targets that mix well- and badly-formatted completions. A random model never
-   emits the tags, so every reward is 0 and GSPO has nothing to learn from. The format of a
-   target depends on the question kind (``metadata.task``): "well-leaning" kinds are well formatted
-   except for a minority share, "defect-leaning" kinds carry one characteristic defect (missing
-   ``</SOLUTION>``, two SOLUTION blocks, or no REASONING block) except for a minority share that is
-   well formatted. Greedy decoding then follows each kind's majority (held-out format compliance
-   strictly between 0 and 1, about ``well_formatted_fraction``), while sampling at temperature 1
-   sometimes produces the minority style, which is the reward variance GSPO needs.
+2. :func:`warm_start` fine-tunes it (all weights, cross-entropy on the completion tokens) on the
+   TRAIN split, so that GSPO starts from a model with room on BOTH reward terms. A random model never
+   emits the tags, so every reward would be 0 and GSPO would have nothing to learn from.
+
+   - Format. Each question kind (``metadata.task``; each offline kind has its own question text,
+     so the model can tell them apart) has a majority style: well formatted for the biggest kinds up
+     to ``well_formatted_fraction`` of the items, else :data:`DEFECTS` (a second REASONING block
+     before the SOLUTION: one format point lost, the answer and the tokens right before it are the
+     same as in a well-formatted completion). ``minority_style_fraction`` of the visits use the
+     other style. Greedy decoding follows each kind's majority; sampling sometimes the minority.
+   - Correctness. With probability ``guess_fraction`` a visit's target answer is the kind's GUESS
+     (its most common train answer) instead of the item's own answer. The model learns to read the
+     picture from the other visits, but hedges: when it is unsure, the guess wins the argmax. So
+     greedy accuracy is well below what sampling reaches (pass@k above pass@1), the regime where RL
+     with a verifiable reward is known to help (it mostly moves pass@1 towards pass@k: Yue et al.
+     2025, "Does Reinforcement Learning Really Incentivize Reasoning Capacity in LLMs Beyond the Base
+     Model?", arXiv:2504.13837). The guess is drawn afresh at every visit, so it is a property of
+     the kind, not of an item the model could memorise; and it is the same for every item of a
+     kind, so only reading the picture beats it: the correctness reward is what removes it.
+
+   ``initializer_range`` (0.02 in Qwen3-VL) is raised for the tiny widths: at 0.02 the image signal
+   is so weak that the warm start learns the answers' marginal first and reads the picture only
+   after a long plateau.
 
 Determinism: seeds are set from ``seed`` and the warm start runs on ONE torch thread, so the saved
 folder is byte-identical across runs and across machines with different core counts (measured: a
@@ -34,6 +48,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +71,7 @@ from vlrl.modeling import (
     KIND_BUILT,
     image_only_processor_class,
     torch_threads,
+    vision_token_ids,
     write_pin,
 )
 from vlrl.prompts import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START, TAGS, build_prompt
@@ -86,7 +102,7 @@ REASONING_TEXT = "Read the figure and work out the value."
 
 #: Completion styles of the warm start. Each defect costs one format point (the reference format reward).
 WELL = "well_formatted"
-DEFECTS = ("missing_solution_end", "two_solution_blocks", "missing_reasoning")
+DEFECTS = ("two_reasoning_blocks",)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,7 +187,7 @@ def model_config(build: TinyModelBuild, tokenizer: Qwen2Tokenizer) -> Qwen3VLCon
             "head_dim": head_dim, "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section,
                                 "mrope_interleaved": True},
-            "pad_token_id": tokenizer.pad_token_id,
+            "pad_token_id": tokenizer.pad_token_id, "initializer_range": build.initializer_range,
         },
         vision_config={
             "depth": build.vision_layers, "hidden_size": build.vision_hidden_size,
@@ -180,7 +196,7 @@ def model_config(build: TinyModelBuild, tokenizer: Qwen2Tokenizer) -> Qwen3VLCon
             "temporal_patch_size": 2, "out_hidden_size": build.text_hidden_size,
             # Learned position grid (a square; Qwen3-VL interpolates it to each image's patch grid).
             "num_position_embeddings": max(4, math.isqrt(build.image_max_pixels) // build.patch_size) ** 2,
-            "deepstack_visual_indexes": [0],
+            "deepstack_visual_indexes": [0], "initializer_range": build.initializer_range,
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
@@ -189,8 +205,17 @@ def model_config(build: TinyModelBuild, tokenizer: Qwen2Tokenizer) -> Qwen3VLCon
 
 
 def _generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Greedy, stop at the end of turn, never emit a vision placeholder.
+
+    ``suppress_tokens`` is saved with the model because TRL 1.15 builds its training-time
+    ``GenerationConfig`` without it, and ``generate()`` fills unset fields from the model's own config
+    (transformers ``GenerationMixin._prepare_generation_config``): without it a sampled
+    ``<|image_pad|>`` makes the next training forward fail ("Image features and image tokens do not
+    match").
+    """
     eos = [tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS]
-    return GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    return GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, do_sample=False,
+                            suppress_tokens=vision_token_ids(tokenizer))
 
 
 def build_tiny_model(build: TinyModelBuild, seed: int, out_dir: Path, corpus: Iterable[str]) -> None:
@@ -229,19 +254,15 @@ def completion_text(answer: str, style: str) -> str:
 
     >>> completion_text("12", "well_formatted")
     '<REASONING>Read the figure and work out the value.</REASONING>\\n<SOLUTION>12</SOLUTION>'
-    >>> completion_text("12", "missing_solution_end").endswith("<SOLUTION>12")
-    True
+    >>> completion_text("12", "two_reasoning_blocks").count("<REASONING>")
+    2
     """
     reasoning = f"{REASONING_START}{REASONING_TEXT}{REASONING_END}\n"
     solution = f"{SOLUTION_START}{answer}{SOLUTION_END}"
     if style == WELL:
         return reasoning + solution
-    if style == "missing_solution_end":
-        return reasoning + f"{SOLUTION_START}{answer}"
-    if style == "two_solution_blocks":
-        return reasoning + solution + "\n" + solution
-    if style == "missing_reasoning":
-        return f"{REASONING_TEXT}\n" + solution
+    if style == "two_reasoning_blocks":
+        return reasoning + reasoning + solution
     raise ValueError(f"unknown completion style {style!r}; known: {WELL}, {', '.join(DEFECTS)}")
 
 
@@ -250,7 +271,7 @@ def kind_styles(kinds: Sequence[str], well_formatted_fraction: float) -> dict[st
     the items, the others a characteristic defect (cycled), biggest kinds first, ties by name.
 
     >>> kind_styles(["a", "a", "b", "b"], 0.5)
-    {'a': 'well_formatted', 'b': 'missing_solution_end'}
+    {'a': 'well_formatted', 'b': 'two_reasoning_blocks'}
     """
     counts = Counter(kinds)
     total = sum(counts.values())
@@ -269,28 +290,41 @@ def kind_styles(kinds: Sequence[str], well_formatted_fraction: float) -> dict[st
     return styles
 
 
-def _targets(rows: Sequence[dict], build: TinyModelBuild, seed: int) -> tuple[list[str], dict]:
-    """One target completion per train row, and a summary of the styles drawn."""
+def kind_guesses(rows: Sequence[dict], kinds: Sequence[str]) -> dict[str, str]:
+    """Each kind's guess: its most common answer among ``rows`` (ties: the smallest string).
+
+    >>> kind_guesses([{"answer": "3"}, {"answer": "5"}, {"answer": "5"}, {"answer": "9"}], ["a", "a", "a", "b"])
+    {'a': '5', 'b': '9'}
+    """
+    counts: dict[str, Counter] = {}
+    for row, kind in zip(rows, kinds, strict=True):
+        counts.setdefault(kind, Counter())[str(row["answer"])] += 1
+    return {kind: min(c, key=lambda a: (-c[a], a)) for kind, c in counts.items()}
+
+
+@dataclass(frozen=True)
+class WarmStartTargets:
+    """What the warm start draws its targets from: each row's kind, each kind's majority style and guess."""
+
+    majority: dict[str, str]
+    kinds: list[str]
+    guesses: dict[str, str]
+    summary: dict[str, dict]
+
+
+def warm_start_targets(rows: Sequence[dict], build: TinyModelBuild) -> WarmStartTargets:
+    """The kinds of the train rows, with each kind's majority style and guess (module docstring)."""
     kinds = [question_kind(r) for r in rows]
     if len(set(kinds)) < 2:
         # One kind only: key the style on the answer type instead (the model sees its own answer).
         kinds = [str(r.get("answer_type") or "unknown") for r in rows]
         log.warning("warm start: fewer than two question kinds; keying completion style on answer_type")
-    styles = kind_styles(kinds, build.well_formatted_fraction)
-    rng = random.Random(seed)
-    targets, drawn = [], Counter()
-    for row, kind in zip(rows, kinds, strict=True):
-        majority = styles[kind]
-        minority = DEFECTS[0] if majority == WELL else WELL
-        style = minority if rng.random() < build.minority_style_fraction else majority
-        targets.append(completion_text(str(row["answer"]), style))
-        drawn[(kind, style)] += 1
-    summary = {
-        kind: {"majority_style": styles[kind], "n": sum(c for (k, _), c in drawn.items() if k == kind),
-               "well_formatted_targets": drawn[(kind, WELL)]}
-        for kind in sorted(styles)
-    }
-    return targets, summary
+    majority = kind_styles(kinds, build.well_formatted_fraction)
+    guesses = kind_guesses(rows, kinds)
+    counts = Counter(kinds)
+    summary = {kind: {"n": counts[kind], "majority_style": majority[kind], "guess": guesses[kind]}
+               for kind in sorted(majority)}
+    return WarmStartTargets(majority, kinds, guesses, summary)
 
 
 def _batch(processor: Any, rows: Sequence[dict], targets: Sequence[str], template: str) -> dict:
@@ -333,9 +367,10 @@ def _warm_start(model_dir: Path, train_split: Any, prompt_template: str, build: 
     if not rows:
         raise ConfigError("warm_start: the train split is empty; raise data.offline.n_items or lower "
                           "data.eval_fraction in params.yaml")
-    targets, by_kind = _targets(rows, build, seed)
+    plan = warm_start_targets(rows, build)
     torch.manual_seed(seed)
-    rng = random.Random(seed + 1)
+    rng, target_rng = random.Random(seed + 1), random.Random(seed + 2)
+    guessed = well = 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=build.warm_start_learning_rate, weight_decay=0.0)
     model.train()
     losses: list[float] = []
@@ -346,8 +381,17 @@ def _warm_start(model_dir: Path, train_split: Any, prompt_template: str, build: 
             rng.shuffle(epoch)
             order.extend(epoch)
         idx, order = order[:build.warm_start_batch_size], order[build.warm_start_batch_size:]
-        batch = _batch(processor, [rows[i] for i in idx], [targets[i] for i in idx], prompt_template)
-        # Constant LR with a short linear warmup: enough for a 0.2 M-parameter model in ~100 steps.
+        # Style and guess drawn afresh at each visit: properties of the kind, not of items to memorise.
+        targets = []
+        for i in idx:
+            kind = plan.kinds[i]
+            minority = DEFECTS[0] if plan.majority[kind] == WELL else WELL
+            style = minority if target_rng.random() < build.minority_style_fraction else plan.majority[kind]
+            guess = target_rng.random() < build.guess_fraction
+            guessed, well = guessed + guess, well + (style == WELL)
+            targets.append(completion_text(plan.guesses[kind] if guess else str(rows[i]["answer"]), style))
+        batch = _batch(processor, [rows[i] for i in idx], targets, prompt_template)
+        # Constant LR with a short linear warmup.
         for group in optimizer.param_groups:
             group["lr"] = build.warm_start_learning_rate * min(1.0, (step + 1) / 10)
         loss = model(**batch).loss
@@ -358,14 +402,15 @@ def _warm_start(model_dir: Path, train_split: Any, prompt_template: str, build: 
         losses.append(round(loss.item(), 6))
     model.eval()
     model.save_pretrained(model_dir, safe_serialization=True)
-    well = sum(v["well_formatted_targets"] for v in by_kind.values())
+    visits = build.warm_start_steps * build.warm_start_batch_size
     return {
         "steps": build.warm_start_steps,
         "train_items": len(rows),
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
-        "well_formatted_target_share": round(well / len(rows), 6),
-        "kinds": by_kind,
+        "well_formatted_target_share": round(well / visits, 6) if visits else None,
+        "guessed_target_share": round(guessed / visits, 6) if visits else None,
+        "kinds": plan.summary,
     }
 
 

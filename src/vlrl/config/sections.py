@@ -221,6 +221,10 @@ class TinyModelBuild:
     patch_size: int = 8
     spatial_merge_size: int = 2
     vocab_size: int = 600
+    #: Standard deviation of the random initial weights (transformers' ``initializer_range``, 0.02 in
+    #: Qwen3-VL). At these widths 0.02 leaves the image signal so weak that the warm start first learns
+    #: the answers' marginal and reads the picture only after a long plateau.
+    initializer_range: float = 0.02
     warm_start_steps: int = 120
     warm_start_learning_rate: float = 3e-3
     warm_start_batch_size: int = 16
@@ -229,6 +233,10 @@ class TinyModelBuild:
     #: Within each question kind, the share of targets in the kind's minority style, so that sampled
     #: completions (temperature 1) vary in format and GSPO has reward variance to learn from.
     minority_style_fraction: float = 0.2
+    #: Share of warm-start targets whose answer is the kind's most common one instead of the item's own:
+    #: the model learns to read the picture but hedges towards that guess, which leaves GSPO's
+    #: correctness reward something to remove (vlrl.tiny_model). 0 = every target is right.
+    guess_fraction: float = 0.0
     #: Largest image (pixels) the image processor keeps; bigger images are downscaled (Qwen smart_resize).
     image_max_pixels: int = 4096
 
@@ -246,9 +254,13 @@ class TinyModelBuild:
                 self.vision_hidden_size, f"must be divisible by vision_heads ({self.vision_heads})")
         require(0 <= self.well_formatted_fraction <= 1, f"{key}.well_formatted_fraction",
                 self.well_formatted_fraction, "must be in [0, 1]")
+        require(math.isfinite(self.initializer_range) and 0 < self.initializer_range <= 1,
+                f"{key}.initializer_range", self.initializer_range, "must be in (0, 1]")
         require(self.warm_start_steps >= 0, f"{key}.warm_start_steps", self.warm_start_steps, "must be >= 0")
         require(0 <= self.minority_style_fraction < 0.5, f"{key}.minority_style_fraction",
                 self.minority_style_fraction, "must be in [0, 0.5) (the minority of each kind)")
+        require(0 <= self.guess_fraction < 1, f"{key}.guess_fraction", self.guess_fraction,
+                "must be in [0, 1) (at 1 no target shows the right answer)")
         require(self.warm_start_batch_size >= 1, f"{key}.warm_start_batch_size", self.warm_start_batch_size,
                 "must be >= 1")
         require(math.isfinite(self.warm_start_learning_rate) and self.warm_start_learning_rate > 0,

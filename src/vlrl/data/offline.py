@@ -1,22 +1,32 @@
-"""An offline MathVista-format data set: drawn pictures whose answer the picture determines.
+"""An offline MathVista-format data set: drawn pictures whose answer only the picture gives.
 
 The ``tiny`` profile cannot reach the hub, so :func:`generate_offline` draws its own items with PIL,
 with exactly the hub's columns and types (:data:`vlrl.data.schema.HUB_FEATURES`). Each item comes
 from one question template, its **kind**, exposed without parsing text in ``metadata.task`` (also
-``metadata.context`` and ``metadata.skills``); :data:`KINDS` lists them:
+``metadata.context`` and ``metadata.skills``); :data:`KINDS` lists them. Each kind asks for ONE
+visual property, and its question text is the same for every item of the kind, so the answer
+cannot come from the text:
 
 ======================  =============  ===========  ==================================================
 kind (metadata.task)    question_type  answer_type  picture -> answer
 ======================  =============  ===========  ==================================================
-bar value               free_form      integer      labelled bars, value written on top of each bar
-shape count             free_form      integer      n circles/squares among distractors -> n
-number reading          free_form      float        a decimal number written large (precision 1 or 2)
-rectangle area          free_form      integer      rectangle with side labels w, h -> w*h
-rectangle perimeter     free_form      float        side labels with one decimal -> 2(w+h), precision 1
-shape count choice      multi_choice   integer      as shape count, four numeric choices
-color name              free_form      text         one shape -> its colour (non-numeric: the filter
-                                                    drops these, about 10 %)
+shape count             free_form      integer      1-9 black squares, one per cell of a 4 x 4 grid -> n
+shape count choice      multi_choice   integer      as shape count, four consecutive numeric choices
+bar height              free_form      integer      one bar on a baseline, height 1-9 ninths -> 1..9
+bar value               free_form      float        one bar, 0.5-4.5 on a 0-5 scale -> "2.5" (precision 1)
+color name              free_form      text         one circle -> its colour (non-numeric: the numeric
+                                                    filter drops these, about 10 %)
 ======================  =============  ===========  ==================================================
+
+Why these: the tiny model sees a 64 x 64 image as 16 tokens (patch 8, merge 2), one per 16 x 16
+cell. A square per grid cell is one token's worth of ink, and a bar's height is a share of dark
+pixels, both simple functions of the image tokens that a 0.2 M-parameter model learns in a few
+hundred steps. Measured before choosing (held-out answer accuracy, teacher-forced, after 400
+supervised steps on correct answers only): shape count 29/29, shape count choice 20/20, bar height
+19/25, bar value 9/16, and a large drawn digit 0-9 only 10/27, so the digit kind was dropped. The
+earlier kinds (values written on labelled bars, rectangle area and perimeter, decimals written in
+the image) need reading digits and arithmetic; with them the tiny model's held-out strict accuracy
+stayed at 6.8 % before and after GSPO.
 
 Deliberately broken rows (so that the transform's bad-row checks have work): every 80th item from
 a fixed offset has corrupt image bytes, a too-small (4x4) image, no image, an empty question, a
@@ -36,18 +46,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from vlrl.data.schema import HUB_FEATURES, mathvista_query
 
 #: Question kinds and their share of items (weights; "color name" is the non-numeric ~10 %).
 KINDS: dict[str, float] = {
-    "bar value": 0.18,
-    "shape count": 0.17,
-    "number reading": 0.15,
-    "rectangle area": 0.14,
-    "rectangle perimeter": 0.12,
-    "shape count choice": 0.14,
+    "shape count": 0.30,
+    "bar height": 0.25,
+    "bar value": 0.15,
+    "shape count choice": 0.20,
     "color name": 0.10,
 }
 
@@ -65,7 +73,11 @@ DEFECTS: dict[str, int] = {
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "blue": (30, 60, 220), "green": (20, 160, 40),
 }
-BAR_LABELS = "ABCD"
+INK = (20, 20, 20)
+BAR_FILL = (40, 70, 190)
+#: Cells per side of the counting grid: 4 x 4 cells of a 64 px image are the 16 image tokens of the
+#: tiny model (patch 8, merge 2), so each shape fills one token's patch block.
+GRID = 4
 
 
 @dataclass(frozen=True)
@@ -84,58 +96,26 @@ class Drawn:
     skills: tuple[str, ...] = ("arithmetic reasoning",)
 
 
-def _font(canvas: int, scale: float = 1.0) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=max(8, int(canvas * scale)))
-
-
 def _blank(canvas: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     image = Image.new("RGB", (canvas, canvas), (255, 255, 255))
     return image, ImageDraw.Draw(image)
 
 
-def _bar_value(rng: random.Random, canvas: int) -> Drawn:
+def _squares(rng: random.Random, canvas: int, n: int) -> Image.Image:
+    """``n`` filled squares, each in its own cell of a GRID x GRID grid (no overlap: the count is exact)."""
     image, draw = _blank(canvas)
-    n_bars = rng.randint(3, 4)
-    values = [rng.randint(1, 9) for _ in range(n_bars)]
-    font = _font(canvas, 0.11)
-    slot = canvas // n_bars
-    base, top = int(canvas * 0.85), int(canvas * 0.15)
-    draw.line([(0, base), (canvas, base)], fill=(0, 0, 0))
-    for j, value in enumerate(values):
-        height = (base - top) * value // 9
-        x0 = j * slot + slot // 5
-        draw.rectangle([x0, base - height, x0 + slot * 3 // 5, base], fill=(70, 110, 200))
-        draw.text((x0, base - height - canvas // 8), str(value), fill=(0, 0, 0), font=font)
-        draw.text((x0, base + 1), BAR_LABELS[j], fill=(0, 0, 0), font=font)
-    j = rng.randrange(n_bars)
-    return Drawn(f"What is the value of bar {BAR_LABELS[j]}?", str(values[j]), image, context="bar chart",
-                 skills=("statistical reasoning",))
-
-
-def _scatter_shapes(rng: random.Random, canvas: int, counts: dict[str, int]) -> Image.Image:
-    """Place shapes on a grid (no overlaps, so the count is unambiguous)."""
-    image, draw = _blank(canvas)
-    grid = 4
-    cell = canvas // grid
-    cells = rng.sample(range(grid * grid), sum(counts.values()))
-    shapes = [shape for shape, n in counts.items() for _ in range(n)]
-    for shape, c in zip(shapes, cells, strict=True):
-        x, y = (c % grid) * cell, (c // grid) * cell
-        pad = cell // 5
-        box = [x + pad, y + pad, x + cell - pad, y + cell - pad]
-        color = COLORS[rng.choice(sorted(COLORS))]
-        if shape == "circles":
-            draw.ellipse(box, fill=color)
-        else:
-            draw.rectangle(box, fill=color)
+    cell = canvas / GRID
+    pad = max(1, round(cell / 6))
+    for c in rng.sample(range(GRID * GRID), n):
+        x, y = (c % GRID) * cell, (c // GRID) * cell
+        draw.rectangle([round(x) + pad, round(y) + pad, round(x + cell) - pad - 1, round(y + cell) - pad - 1],
+                       fill=INK)
     return image
 
 
 def _shape_count(rng: random.Random, canvas: int) -> Drawn:
-    target, other = rng.choice([("circles", "squares"), ("squares", "circles")])
     n = rng.randint(1, 9)
-    image = _scatter_shapes(rng, canvas, {target: n, other: rng.randint(0, 3)})
-    return Drawn(f"How many {target} are there?", str(n), image, skills=("arithmetic reasoning",))
+    return Drawn("How many squares are there?", str(n), _squares(rng, canvas, n))
 
 
 def _shape_count_choice(rng: random.Random, canvas: int) -> Drawn:
@@ -143,45 +123,33 @@ def _shape_count_choice(rng: random.Random, canvas: int) -> Drawn:
     n = int(drawn.answer)
     low = rng.randint(max(1, n - 3), n)
     choices = [str(v) for v in range(low, low + 4)]
-    return Drawn(drawn.question, drawn.answer, drawn.image, question_type="multi_choice", choices=choices,
-                 skills=drawn.skills)
+    # Its own wording: the prompt shows the question only, and the warm start gives each kind its own
+    # completion style and guess, which the model can follow only if it can tell the kinds apart.
+    return Drawn("How many squares are in the picture?", drawn.answer, drawn.image, question_type="multi_choice",
+                 choices=choices)
 
 
-def _number_reading(rng: random.Random, canvas: int) -> Drawn:
-    digits = rng.choice([1, 2])
-    value = round(rng.uniform(0.1, 9.9), digits)
-    text = f"{value:.{digits}f}"
+def _bar(rng: random.Random, canvas: int, fraction: float) -> Image.Image:
+    """One bar on a baseline, ``fraction`` of the plot height tall, at a random horizontal position."""
     image, draw = _blank(canvas)
-    draw.text((canvas // 8, canvas // 3), text, fill=(0, 0, 0), font=_font(canvas, 0.3))
-    return Drawn("What number is written in the image?", text, image, answer_type="float",
-                 precision=float(digits), context="document image", skills=("numeric commonsense",))
-
-
-def _rectangle(rng: random.Random, canvas: int, w: float, h: float, label: Callable[[float], str],
-               ) -> Image.Image:
-    image, draw = _blank(canvas)
-    font = _font(canvas, 0.12)
-    x0, y0 = canvas // 5, canvas // 5
-    x1, y1 = canvas - canvas // 5, canvas - canvas // 4
-    draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0), width=max(1, canvas // 48))
-    draw.text(((x0 + x1) // 2 - canvas // 12, y1 + 2), label(w), fill=(0, 0, 0), font=font)
-    draw.text((2, (y0 + y1) // 2 - canvas // 16), label(h), fill=(0, 0, 0), font=font)
+    base, top = canvas - max(2, canvas // 16), max(2, canvas // 16)
+    width = canvas // 4
+    x0 = rng.randint(canvas // 8, canvas - canvas // 8 - width)
+    draw.line([(0, base), (canvas - 1, base)], fill=INK, width=max(1, canvas // 64))
+    draw.rectangle([x0, base - round((base - top) * fraction), x0 + width, base], fill=BAR_FILL)
     return image
 
 
-def _rectangle_area(rng: random.Random, canvas: int) -> Drawn:
-    w, h = rng.randint(2, 9), rng.randint(2, 9)
-    image = _rectangle(rng, canvas, w, h, lambda v: str(int(v)))
-    return Drawn("What is the area of the rectangle?", str(w * h), image, context="geometry diagram",
-                 skills=("geometry reasoning", "arithmetic reasoning"))
+def _bar_height(rng: random.Random, canvas: int) -> Drawn:
+    value = rng.randint(1, 9)
+    return Drawn("How tall is the bar?", str(value), _bar(rng, canvas, value / 9), context="bar chart",
+                 skills=("statistical reasoning",))
 
 
-def _rectangle_perimeter(rng: random.Random, canvas: int) -> Drawn:
-    w, h = rng.randint(10, 60) / 10, rng.randint(10, 60) / 10
-    image = _rectangle(rng, canvas, w, h, lambda v: f"{v:.1f}")
-    return Drawn("What is the perimeter of the rectangle?", f"{2 * (w + h):.1f}", image, answer_type="float",
-                 precision=1.0, context="geometry diagram",
-                 skills=("geometry reasoning", "arithmetic reasoning"))
+def _bar_value(rng: random.Random, canvas: int) -> Drawn:
+    value = rng.randint(1, 9) / 2  # 0.5 ... 4.5 on a 0-5 scale
+    return Drawn("What is the value of the bar?", f"{value:.1f}", _bar(rng, canvas, value / 5),
+                 answer_type="float", precision=1.0, context="bar chart", skills=("statistical reasoning",))
 
 
 def _color_name(rng: random.Random, canvas: int) -> Drawn:
@@ -192,11 +160,9 @@ def _color_name(rng: random.Random, canvas: int) -> Drawn:
 
 
 DRAWERS: dict[str, Callable[[random.Random, int], Drawn]] = {
-    "bar value": _bar_value,
     "shape count": _shape_count,
-    "number reading": _number_reading,
-    "rectangle area": _rectangle_area,
-    "rectangle perimeter": _rectangle_perimeter,
+    "bar height": _bar_height,
+    "bar value": _bar_value,
     "shape count choice": _shape_count_choice,
     "color name": _color_name,
 }

@@ -31,6 +31,8 @@ CURVES: dict[str, str] = {
     "reward_format": "rewards/format_reward/mean",
     "reward_correctness": "rewards/correctness_reward/mean",
     "format_rate": FORMAT_RATE_KEY,
+    # Share of prompt groups whose completions all got the same reward: no advantage, no gradient.
+    "frac_reward_zero_std": "frac_reward_zero_std",
     "kl": "kl",  # TRL computes the KL only when beta != 0: no file otherwise
     "clip_ratio": "clip_ratio/region_mean",  # share of tokens clipped: > 0 only off-policy
     "completion_length": "completions/mean_length",
