@@ -1,4 +1,4 @@
-# vlrl: make install | test | test-pipeline | demo | install-gpu | bench
+# vlrl: make install | test | test-pipeline | test-gpu-contract | demo | install-gpu | gpu-smoke | bench
 # CPU machines get the pinned CPU build of torch first (constraints-cpu.txt): a plain resolve of
 # `torch` would pull the newest release and several GB of CUDA packages.
 PYTHON ?= python3.11
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.vlrl-installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install test test-pipeline demo install-gpu bench lint clean-tiny
+.PHONY: install test test-pipeline test-gpu-contract demo install-gpu gpu-smoke bench lint clean-tiny
 
 install: $(STAMP)
 
@@ -32,14 +32,31 @@ $(VENV)/.vlrl-deepspeed: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[deepspeed]"
 	touch $@
 
+# Our GPU-path calls checked against the real pinned Unsloth/TRL and pip's resolver, on a CPU (marker
+# `contract`; downloads the pinned wheels from PyPI; a few minutes): tests/test_gpu_contract.py,
+# tests/test_install_gpu.py.
+test-gpu-contract: install
+	$(BIN)/python -m pytest -q -m contract
+
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro --glob '*@tiny'
 	@echo "report: $(CURDIR)/reports/tiny/report.md"
 
-# On a CUDA machine: the GPU extras (Unsloth, bitsandbytes) into the current Python environment,
-# with the same pinned trl/transformers/datasets/peft as the CPU path.
+# On a CUDA machine: the GPU extras (Unsloth, bitsandbytes) into the current Python environment
+# ($(GPU_PYTHON)), with the same pinned trl/transformers/datasets/peft as the CPU path, KEEPING the
+# installed torch (scripts/install_gpu.py says why and how). DRY_RUN=1: resolve only, print pip's plan.
+GPU_PYTHON ?= python
 install-gpu:
-	python -m pip install -e ".[gpu,dev]"
+	$(GPU_PYTHON) scripts/install_gpu.py $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
+
+# The first thing to run on a new GPU box: every full-profile code path end to end, offline, in minutes
+# (vlrl.gpu_smoke). Uses $(GPU_PYTHON) when vlrl is installed there, else this checkout's venv; without
+# CUDA it exits at once with one line saying so.
+gpu-smoke:
+	@py="$(GPU_PYTHON)"; "$$py" -c "import vlrl" 2>/dev/null || py="$(BIN)/python"; \
+	if [ ! -x "$$(command -v "$$py")" ]; then \
+	  echo "gpu-smoke: needs a CUDA machine with vlrl and its GPU extras installed (make install-gpu)" >&2; exit 2; fi; \
+	"$$py" -m vlrl.gpu_smoke
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -36,6 +36,16 @@ def train_cmd(params: Path, work: Path, out: Path) -> list[str]:
                  "--metrics", str(out / "train.json"))
 
 
+def run_env(out: Path) -> dict[str, str]:
+    """The stage's environment, with its run log (telemetry) written under ``out/logs``."""
+    return {**ENV, "VLRL_LOGS_DIR": str(out / "logs")}
+
+
+def run_record(out: Path) -> dict:
+    """train.json (what the run learned) merged with its run log (what it cost)."""
+    return {**json.loads((out / "train.json").read_text()), **json.loads((out / "logs/tiny/train.json").read_text())}
+
+
 def format_compliance(params_path: Path, work: Path, adapter: Path | None) -> float:
     from vlrl.config import load_params
     from vlrl.data import load_split
@@ -70,13 +80,13 @@ def main() -> None:
         shutil.rmtree(work / name, ignore_errors=True)
 
     started = time.perf_counter()
-    subprocess.run(train_cmd(params, work, work / "uninterrupted"), cwd=ROOT, env=ENV, check=True,
-                   capture_output=True)
+    subprocess.run(train_cmd(params, work, work / "uninterrupted"), cwd=ROOT, env=run_env(work / "uninterrupted"),
+                   check=True, capture_output=True)
     stage_s = time.perf_counter() - started
-    full = json.loads((work / "uninterrupted" / "train.json").read_text())
+    full = run_record(work / "uninterrupted")
 
     run = work / "interrupted"
-    process = subprocess.Popen(train_cmd(params, work, run), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(train_cmd(params, work, run), cwd=ROOT, env=run_env(run), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     marker = "checkpoint-*/vlrl_checkpoint_complete.json"
     while process.poll() is None and not list((run / "checkpoints").glob(marker)):
@@ -84,9 +94,9 @@ def main() -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     started = time.perf_counter()
-    subprocess.run(train_cmd(params, work, run), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    subprocess.run(train_cmd(params, work, run), cwd=ROOT, env=run_env(run), check=True, capture_output=True)
     resume_s = time.perf_counter() - started
-    resumed = json.loads((run / "train.json").read_text())
+    resumed = run_record(run)
     same = (run / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (work / "uninterrupted" / "adapter" / "adapter_model.safetensors").read_bytes()
 

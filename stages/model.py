@@ -1,11 +1,14 @@
-"""Model stage: build + warm-start the tiny offline Qwen3-VL, or pin a hub model.
+"""Model stage: build + warm-start the tiny offline Qwen3-VL, or pin a hub model to a commit.
 
     python stages/model.py --profile tiny --splits-dir data/tiny/splits --out data/tiny/model
     python stages/model.py --profile full --splits-dir data/full/splits --out data/full/model
 
 tiny (``model.build`` set): tokenizer, processor and model built offline, warm-started on the TRAIN
 split (vlrl.tiny_model); the folder is written atomically. full: only ``model_pin.json``
-{id, revision, backend, kind}; no network needed (the weights load in the generate/train stages).
+{id, revision, requested_revision, backend, kind}, where ``revision`` is the commit hash that
+``model.revision`` (e.g. ``main``) names today, from the hub's metadata or, offline, the local HF cache
+(vlrl.modeling.hub); the model's config.json is checked to be Qwen3-VL. The weights load in the
+generate/train stages, by that hash.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from vlrl.config import load_stage_params
 from vlrl.data import load_split
 from vlrl.entry import run_stage, stage_parser
 from vlrl.io import atomic_directory
-from vlrl.modeling import KIND_HUB, write_pin
+from vlrl.modeling import pin_hub_model
 from vlrl.tiny_model import build_and_warm_start
 
 log = logging.getLogger("stages.model")
@@ -39,11 +42,10 @@ def main() -> None:
             train = load_split(args.splits_dir, "train")
             pin = build_and_warm_start(model, params.prompt.template, train, params.seed, tmp)
         else:
-            if model.revision in (None, "main"):
-                log.warning("profiles.%s.model.revision = %r is a moving reference; pin a commit hash for "
-                            "reproducible results", args.profile, model.revision)
-            pin = write_pin(tmp, model_id=model.id, revision=model.revision, backend=model.backend,
-                            kind=KIND_HUB)
+            pin = pin_hub_model(model, tmp)
+            if pin["revision"] != model.revision:
+                log.info("profiles.%s.model.revision = %r resolved to commit %s; set it to that hash in "
+                         "params.yaml to freeze it", args.profile, model.revision, pin["revision"])
     print(f"model: {pin['id']} @ {pin['revision']} ({pin['kind']}) -> {args.out}")
 
 

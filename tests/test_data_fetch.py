@@ -13,17 +13,18 @@ import sys
 import textwrap
 from pathlib import Path
 
-import datasets
 import pytest
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
+from fakes import DATA_COMMIT, fake_dataset_hub
 from helpers import FIXTURE_PARAMS, ROOT
 from vlrl.config import DataParams, HubSource, LocalSource, OfflineSource
 from vlrl.data import fetch_splits, load_split
 from vlrl.data.cli import main as cli_main
 from vlrl.data.schema import HUB_FEATURES, SPLIT_FEATURES, mathvista_query
-from vlrl.data.sources import DataSourceError
+from vlrl.data.sources import DataNotAvailableError, DataSourceError, load_source
+from vlrl.errors import EnvironmentProblem
 
 SEED = 3407
 
@@ -113,20 +114,19 @@ def test_offline_fetch_is_byte_identical_across_runs(offline_run, tmp_path) -> N
             assert f.read_bytes() == (tmp_path / "splits" / name / f.name).read_bytes(), f
 
 
-def test_hub_path_without_network_uses_the_same_transform(monkeypatch, tmp_path) -> None:
-    calls = []
-
-    def fake_load_dataset(path, split=None, revision=None, **kwargs):
-        calls.append((path, split, revision))
-        return hub_like()
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+def test_hub_path_downloads_only_testmini_and_uses_the_same_transform(monkeypatch, tmp_path) -> None:
+    requests = fake_dataset_hub(monkeypatch, tmp_path / "hub", hub_like())
     hub = HubSource(path="AI4Math/MathVista", split="testmini", revision="abc123")
     manifest = fetch_splits(full_like("hub", hub=hub), SEED, tmp_path / "splits", tmp_path / "m.json")
     # 60 rows: kinds 3 (text) and 5 (list) fail float() -> 40 kept, like testmini's filter.
-    assert (calls, manifest["source"], manifest["revision"], manifest["rows_in"],
+    assert (manifest["source"], manifest["revision"], manifest["rows_in"],
             manifest["rows_after_numeric_answer"], manifest["dropped"]["non_numeric_answer"]) == (
-        [("AI4Math/MathVista", "testmini", "abc123")], "hub", "abc123", 60, 40, 20)
+        "hub", DATA_COMMIT, 60, 40, 20)
+    assert requests == [("dataset_info", "AI4Math/MathVista", "abc123"),
+                        ("snapshot_download", "AI4Math/MathVista", DATA_COMMIT,
+                         ("data/testmini-*.parquet", "data/testmini.parquet"), False)]
+    downloaded = sorted(p.name for p in (tmp_path / "hub" / "cache").rglob("*") if p.is_file())
+    assert downloaded == ["testmini-00000-of-00001-725687bf7a18d64b.parquet"]  # no test split, no images
     split = load_split(tmp_path / "splits", "train")
     assert {r["image"].size for r in split} == {(48, 48)}
     assert {t: manifest["splits"]["eval"]["by_answer_type"][t] for t in ("integer", "float")} == {
@@ -156,22 +156,40 @@ def test_local_mirror_gives_the_same_splits_as_the_hub(layout, monkeypatch, tmp_
     local = full_like("local", local=LocalSource(path=str(mirror)))
     manifest = fetch_splits(local, SEED, tmp_path / "splits", tmp_path / "m.json")
 
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub_like())
+    fake_dataset_hub(monkeypatch, tmp_path / "hub", hub_like())
     hub = full_like("hub", hub=HubSource(path="AI4Math/MathVista", split="testmini", revision="x"))
     from_hub = fetch_splits(hub, SEED, tmp_path / "hub_splits", tmp_path / "hub.json")
     assert (manifest["splits"], manifest["source_fingerprint"]) == (
         from_hub["splits"], from_hub["source_fingerprint"])
 
 
-def test_hub_without_network_says_what_failed_and_how_to_proceed(monkeypatch, tmp_path) -> None:
-    def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'AI4Math/MathVista' on the Hub (OfflineModeIsEnabled)")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+@pytest.mark.parametrize(("offline_env", "reachable", "cached", "outcome"), [
+    pytest.param(False, True, False, "fetched", id="online"),
+    pytest.param(False, False, True, "cached", id="no-network-warm-cache"),
+    pytest.param(True, True, True, "cached", id="hf-hub-offline-warm-cache"),
+    pytest.param(False, False, False, "the hub could not be reached (ConnectError", id="no-network-no-cache"),
+    pytest.param(True, True, False, "HF_HUB_OFFLINE is set (HF_HUB_OFFLINE is set)", id="offline-no-cache"),
+])
+def test_hub_uses_the_network_else_the_cache_else_one_line(monkeypatch, tmp_path, offline_env, reachable, cached,
+                                                            outcome) -> None:
+    if cached:  # a previous online fetch filled the cache
+        fake_dataset_hub(monkeypatch, tmp_path / "hub", hub_like())
+        load_source(full_like("hub", hub=HubSource(path="AI4Math/MathVista", split="testmini", revision="x")), SEED)
+    requests = fake_dataset_hub(monkeypatch, tmp_path / "hub", hub_like(), reachable=reachable, cached=cached)
+    if offline_env:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub = full_like("hub", hub=HubSource(path="AI4Math/MathVista", split="testmini", revision="2b6ad69"))
-    with pytest.raises(DataSourceError) as error:
+    if outcome in ("fetched", "cached"):
+        source = load_source(hub, SEED)
+        assert (source.dataset.num_rows, source.revision) == (60, DATA_COMMIT)
+        assert [r[0] for r in requests] == {"fetched": ["dataset_info", "snapshot_download"],
+                                            "cached": (["snapshot_download"] if offline_env else
+                                                       ["dataset_info", "snapshot_download"])}[outcome]
+        return
+    with pytest.raises(DataNotAvailableError) as error:
         fetch_splits(hub, SEED, tmp_path / "splits", tmp_path / "m.json")
     message = str(error.value)
+    assert "\n" not in message and outcome in message and isinstance(error.value, EnvironmentProblem)
     for needed in ("'AI4Math/MathVista'", "'testmini'", "'2b6ad69'", "HF_HUB_OFFLINE", "data.source: local",
                    "tiny profile"):
         assert needed in message

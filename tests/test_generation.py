@@ -177,3 +177,48 @@ def test_generate_stage_rejects_bad_params_before_loading_anything(tmp_path, mon
     err = capsys.readouterr().err
     assert "max_new_tokens = 5000" in err and "Traceback" not in err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The generation config comes from params only, and is recorded
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_model_s_shipped_generation_config_is_not_inherited(tiny_params, warm_model):
+    """transformers fills a passed config's unset fields from model.generation_config: a penalty shipped
+    with the model would apply under greedy decoding too."""
+    from transformers import GenerationConfig
+
+    model, _, _ = warm_model
+    plain = _generate(tiny_params, warm_model, n=8)
+    model.generation_config = GenerationConfig(repetition_penalty=50.0, no_repeat_ngram_size=1, min_new_tokens=40,
+                                               top_k=1, bad_words_ids=[[5], [6]])
+    assert _generate(tiny_params, warm_model, n=8) == plain
+
+
+def test_pad_token_id_is_passed_to_generate_explicitly(tiny_params, warm_model, monkeypatch):
+    """Unsloth's generate wrapper replaces a missing pad_token_id keyword by config.eos_token_id (None for
+    Qwen3-VL)."""
+    model, processor, _ = warm_model
+    seen = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    _generate(tiny_params, warm_model, n=2)
+    assert seen and all(kw["pad_token_id"] == processor.tokenizer.pad_token_id is not None for kw in seen)
+
+
+def test_run_metadata_records_the_effective_generation_config(tiny_params, warm_model):
+    model, processor, _ = warm_model
+    records = _generate(tiny_params, warm_model, n=2)
+    meta = generation_module.run_metadata("baseline", model=model, pin={}, adapter_dir=None,
+                                          generation=tiny_params.profile("tiny").generation, records=records)
+    config = meta["generation_config"]
+    assert (config["do_sample"], config["repetition_penalty"], config["max_new_tokens"], config["num_beams"]) == \
+        (False, 1.0, tiny_params.profile("tiny").generation.max_new_tokens, 1)
+    assert config["suppress_tokens"] == modeling.vision_token_ids(processor)
+    assert config["pad_token_id"] == processor.tokenizer.pad_token_id

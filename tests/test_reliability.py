@@ -67,7 +67,36 @@ def intact(tiny_splits, tiny_model_dir, tiny_params, tmp_path_factory) -> Path:
     (root / "curves" / "reward.tsv").write_text("step\treward\n1\t0.5\n2\t0.6\n")
     write_params(root / "params.yaml", raw_params())
     _fake_adapter(root / "adapter")
+    _real_adapter(tiny_params, root / "model", root / "real_adapter")
     return root
+
+
+def _real_adapter(params, model_dir: Path, out: Path) -> None:
+    """A LoRA adapter of the tiny model, as training saves it (B matrices nudged off zero)."""
+    import torch
+
+    from vlrl.modeling import load_model_and_processor
+
+    profile = params.profile("tiny")
+    model, _ = load_model_and_processor(profile.model, model_dir, lora=profile.lora, for_training=True, seed=0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.fill_(0.01)
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def _poison_adapter(w: Path) -> None:
+    """The real adapter with one NaN in its weights (what a diverged run that slipped through would save)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.rmtree(w / "adapter")
+    shutil.copytree(w / "real_adapter", w / "adapter")
+    tensors = load_file(w / "adapter/adapter_model.safetensors")
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first].clone()
+    tensors[first].view(-1)[0] = float("nan")
+    save_file(tensors, w / "adapter/adapter_model.safetensors")
 
 
 def _fake_adapter(folder: Path) -> None:
@@ -165,7 +194,7 @@ def generate_run(w: Path, *, adapter: bool = False, model: str = "model", out: s
 
 def generate_with(damage: Callable[[Path], object], adapter: bool = False) -> Callable[[Path, Path], Run]:
     def build(src: Path, w: Path) -> Run:
-        _copy(src, w, "params.yaml", "splits", "model", *(["adapter"] if adapter else []))
+        _copy(src, w, "params.yaml", "splits", "model", *(["adapter", "real_adapter"] if adapter else []))
         damage(w)
         return generate_run(w, adapter=adapter)
     return build
@@ -342,6 +371,13 @@ CASES = [
     ("a model pin of another model", generate_with(lambda w: _write(w / "model/model_pin.json", json.dumps({"id": "other", "revision": "x", "backend": "transformers", "kind": "built"}))), 1, r"pins other@x .* but params\.yaml has model id 'tiny-qwen3-vl'"),
     ("no adapter folder", generate_with(lambda w: shutil.rmtree(w / "adapter"), adapter=True), 1, r"adapter: adapter folder not found; run the train stage first"),
     ("an adapter that is not LoRA", generate_with(lambda w: _write(w / "adapter/adapter_config.json", '{"peft_type": "IA3"}'), adapter=True), 1, r"adapter_config\.json: peft_type = 'IA3': expected 'LORA'"),
+    ("an adapter with a NaN weight", generate_with(_poison_adapter, adapter=True), 1, r"adapter.*(not finite|NaN)"),
+    ("model weights truncated", generate_with(lambda w: _write(w / "model/model.safetensors", (w / "model/model.safetensors").read_bytes()[:1000])), 1, r"model\.safetensors: not a safetensors file \(1000 bytes"),
+    ("model weights empty", generate_with(lambda w: _write(w / "model/model.safetensors", b"")), 1, r"model\.safetensors: not a safetensors file \(0 bytes"),
+    ("a model folder without config.json", generate_with(lambda w: (w / "model/config.json").unlink()), 1, r"model/config\.json: not found; delete .*model and run `dvc repro model@"),
+    ("a config.json of another architecture", generate_with(lambda w: _write(w / "model/config.json", json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))), 1, r"config\.json: declares model_type 'llama'"),
+    ("a tokenizer.json that is not a tokenizer", generate_with(lambda w: _write(w / "model/tokenizer.json", '{"x": 1}')), 1, r"tokenizer\.json: not a tokenizers file"),
+    ("LoRA on a module the model does not have", lambda s, w: (_copy(s, w, "splits", "model"), write_params(w / "params.yaml", edited(raw_params(), "profiles.tiny.lora.target_modules", ["q_proj", "qkv_proj"])), train_run(w))[2], 1, r"lora\.target_modules.*qkv_proj"),
     ("an adapter config that is not JSON", generate_with(lambda w: _write(w / "adapter/adapter_config.json", "{"), adapter=True), 1, r"adapter_config\.json: corrupt"),
 
     # ---- the vlrl command -----------------------------------------------------------------------

@@ -7,6 +7,10 @@ Why it looks like this:
   question and the format instruction), exactly what TRL feeds the policy in training.
 - Vision placeholders (``<|image_pad|>`` and friends) are suppressed: plain ``generate`` may emit
   them, TRL suppresses them in training (docs/library-notes.md).
+- The ``GenerationConfig`` is built from params and the tokenizer only (:func:`build_generation_config`):
+  a model's shipped generation config (a ``repetition_penalty``, say) never applies, and the effective
+  config is recorded in ``<out>.meta.json``. ``pad_token_id`` is passed to ``generate`` explicitly
+  (docs/library-notes.md, Unsloth).
 - Completions are decoded with ``skip_special_tokens=True``, as TRL does, so the rewards see the same
   text in training and in evaluation (the tags are non-special tokens).
 - Restartability: the stage collects all records in memory and writes the JSONL once, atomically
@@ -22,7 +26,6 @@ Record: ``{"pid", "completion", "prompt_tokens", "completion_tokens", "truncated
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.metadata
 import logging
@@ -83,6 +86,52 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def build_generation_config(generation: GenerationParams, processor: Any) -> Any:
+    """The ``GenerationConfig`` of an evaluation run, built from params and the tokenizer only.
+
+    Nothing comes from the model's shipped ``generation_config.json``: transformers 5 fills every field
+    a passed config leaves ``None`` from ``model.generation_config`` (``GenerationMixin.
+    _prepare_generation_config``), so a ``repetition_penalty`` or ``top_k`` shipped with the model would
+    still apply, under greedy decoding too. Every field that transformers has a global default for is
+    therefore set here explicitly (to that default unless params say otherwise), and
+    :func:`install_generation_config` makes this config the model's own for the run.
+    """
+    from transformers import GenerationConfig
+
+    tokenizer = processor.tokenizer
+    eos_ids = end_of_turn_ids(processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    sampling: dict[str, Any] = {"do_sample": False} if generation.greedy else {
+        "do_sample": True, "temperature": generation.temperature, "top_p": generation.top_p, "top_k": 0}
+    # max_length is left out: max_new_tokens bounds the run (both set makes generate() warn).
+    defaults = {k: v for k, v in GenerationConfig()._get_default_generation_params().items() if k != "max_length"}
+    return GenerationConfig(**{**defaults, **sampling, "max_new_tokens": generation.max_new_tokens,
+                               "suppress_tokens": vision_token_ids(processor), "eos_token_id": eos_ids,
+                               "pad_token_id": pad_id})
+
+
+def install_generation_config(model: Any, config: Any) -> None:
+    """Make ``config`` the generation config of ``model`` (and of the base model under a PEFT wrapper).
+
+    ``generate()`` fills a passed config's unset fields from the model's own one, and Unsloth's generate
+    wrapper reads the model's, so the run's config replaces it; :func:`run_metadata` records it.
+    """
+    model.generation_config = config
+    base = model.get_base_model() if hasattr(model, "get_base_model") else None
+    if base is not None and base is not model:
+        base.generation_config = config
+
+
+def effective_generation_config(model: Any) -> dict | None:
+    """The generation config a run used, as its non-default fields: :func:`run_metadata`'s
+    ``generation_config`` (the config :func:`generate_completions` built from params and installed on
+    ``model``)."""
+    config = getattr(model, "generation_config", None)
+    if config is None or not hasattr(config, "to_diff_dict"):
+        return None
+    return {k: v for k, v in sorted(config.to_diff_dict().items()) if k != "transformers_version"}
+
+
 def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_template: str,
                          generation: GenerationParams, seed: int, progress: bool = True,
                          profile: str = "<profile>", processes: Processes | None = None) -> list[dict]:
@@ -109,16 +158,10 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
     """
     processes = processes or Processes()
     tokenizer = processor.tokenizer
-    suppress = vision_token_ids(processor)
     eos_ids = end_of_turn_ids(processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    sampling: dict[str, Any] = {"do_sample": False} if generation.greedy else {
-        "do_sample": True, "temperature": generation.temperature, "top_p": generation.top_p, "top_k": 0}
-    # One explicit GenerationConfig (the model's, updated): generate() then skips rebuilding a default
-    # model config to look for legacy generation keys, ~12 ms per call, which dominated small batches.
-    config = copy.deepcopy(model.generation_config)
-    config.update(max_new_tokens=generation.max_new_tokens, suppress_tokens=suppress, eos_token_id=eos_ids,
-                  pad_token_id=pad_id, **sampling)
+    config = build_generation_config(generation, processor)
+    install_generation_config(model, config)
+    pad_id = config.pad_token_id
     device = _model_device(model)
     threads = generation.cpu_threads if device.type == "cpu" else None
     questions = list(dataset["question"])
@@ -139,7 +182,9 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
                 torch.manual_seed(seed + b)
             try:
                 with torch.inference_mode():
-                    out = model.generate(**enc, generation_config=config)
+                    # pad_token_id again as a keyword: Unsloth's generate wrapper sets it from
+                    # config.eos_token_id unless passed (None for Qwen3-VL, whose eos is per sub-config).
+                    out = model.generate(**enc, generation_config=config, pad_token_id=pad_id)
             except torch.OutOfMemoryError as exc:
                 raise EnvironmentProblem(
                     f"out of GPU memory generating a batch of {len(rows)}: lower "
@@ -197,6 +242,7 @@ def run_metadata(which: str, *, model: Any, pin: dict, adapter_dir: Path | None,
         "adapter": str(adapter_dir) if adapter_dir is not None else None,
         "device": str(_model_device(model)),
         "generation": dataclasses.asdict(generation),
+        "generation_config": effective_generation_config(model),
         "n": len(records),
         "versions": versions,
     }

@@ -148,16 +148,17 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str,
     return records
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON file; a truncated or undecodable one is named with the fix."""
+def read_json(path: str | Path, fix: str | None = None) -> Any:
+    """A JSON file; a missing, truncated or undecodable one is named with ``fix`` (default: re-run the
+    stage that writes it)."""
     path = Path(path)
     if not path.is_file():
-        raise MissingInputError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+        raise MissingInputError(f"{path}: not found; {fix or 'run the stage that writes it first (dvc repro)'}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else exc.reason
-        raise CorruptInputError(f"{path}: not valid JSON ({reason}); {_REDO}") from exc
+        raise CorruptInputError(f"{path}: not valid JSON ({reason}); {fix or _REDO}") from exc
 
 
 def read_json_object(path: str | Path, required: Sequence[str] = ()) -> dict[str, Any]:

@@ -17,13 +17,15 @@ if TYPE_CHECKING:
 
 
 def generation_batch_size(train: TrainParams, gspo: GSPOParams) -> int:
-    """Completions TRL samples per generation round on one device: batch x steps_per_generation.
+    """Completions TRL samples per generation round on one device: batch x steps_per_generation
+    (of the effective settings, ``gspo.preset`` applied).
 
     >>> from vlrl.config.sections import GSPOParams, TrainParams
     >>> t = TrainParams(5e-6, 0.9, 0.99, 0.1, 0.1, "cosine", "adamw_torch", 2, 1, 2, 64, 64, 1.0, -1, 0.1)
     >>> generation_batch_size(t, GSPOParams("sequence", "dr_grpo", False, 0.0, 0.2, None, 1, 4))
     8
     """
+    gspo = gspo.effective(train.gradient_accumulation_steps)
     return train.per_device_train_batch_size * (gspo.steps_per_generation or train.gradient_accumulation_steps)
 
 
@@ -36,7 +38,8 @@ def check_profile(name: str, profile: ProfileParams, params: Params) -> None:
     batch = generation_batch_size(train, params.gspo) * processes
     per = " x launch.num_processes" if processes > 1 else ""
     require(batch % train.num_generations == 0, f"{key}.train.num_generations", train.num_generations,
-            f"must divide the generation batch (per_device_train_batch_size{per} x steps_per_generation = {batch})")
+            f"must divide the generation batch (per_device_train_batch_size{per} x steps_per_generation = {batch}"
+            f"{', with gspo.preset ' + repr(params.gspo.preset) if params.gspo.preset != 'reference' else ''})")
     require(not (model.backend == "unsloth" and profile.launch.launched), f"{key}.launch.num_processes",
             profile.launch.num_processes, f"Unsloth runs one process on one GPU; set {key}.model.backend: "
             "transformers to run several processes (or launch.num_processes: 1 and no launch.config_file)")
@@ -65,5 +68,6 @@ def is_off_policy(train: TrainParams, gspo: GSPOParams) -> bool:
     >>> is_off_policy(t, g), is_off_policy(t, GSPOParams("sequence", "dr_grpo", False, 0.0, 0.2, None, 1, 2))
     (False, True)
     """
+    gspo = gspo.effective(train.gradient_accumulation_steps)
     steps_per_generation = gspo.steps_per_generation or train.gradient_accumulation_steps
     return steps_per_generation > train.gradient_accumulation_steps or gspo.num_iterations > 1

@@ -15,6 +15,7 @@ Pure module: imports neither torch nor DVC.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
@@ -76,6 +77,21 @@ class RewardParams:
                 "advantage is 0 and training learns nothing")
 
 
+#: ``gspo.preset``: ``reference`` uses the gspo fields as written (the case study's notebook: on-policy,
+#: dr_grpo); ``paper`` runs GSPO as the GSPO paper (Zheng et al., "Group Sequence Policy Optimization",
+#: 2025) and TRL's ``examples/scripts/gspo_vlm.py`` do, off-policy (:data:`PAPER_GSPO`).
+GSPO_PRESETS = ("reference", "paper")
+#: The settings ``gspo.preset: paper`` puts in place of the gspo fields, from TRL's gspo_vlm.py:
+#: ``--importance_sampling_level sequence --epsilon 3e-4 --epsilon_high 4e-4 --beta 0.0 --loss_type grpo``.
+#: gspo_vlm.py leaves ``scale_rewards`` at TRL's default, ``group``.
+PAPER_GSPO = {"importance_sampling_level": "sequence", "loss_type": "grpo", "beta": 0.0, "epsilon": 3e-4,
+              "epsilon_high": 4e-4, "num_iterations": 1, "scale_rewards": "group"}
+#: gspo_vlm.py generates once per ``--steps_per_generation 8`` micro-steps with
+#: ``--gradient_accumulation_steps 2``: each generation feeds 4 optimizer steps. The paper preset keeps
+#: that ratio for the profile's own gradient accumulation.
+PAPER_STEPS_PER_GENERATION_FACTOR = 4
+
+
 @dataclass(frozen=True)
 class GSPOParams:
     importance_sampling_level: Literal["token", "sequence"]
@@ -86,10 +102,18 @@ class GSPOParams:
     epsilon_high: float | None
     num_iterations: int
     steps_per_generation: int | None
+    #: TRL's advantage scaling: ``group`` divides by the group's reward std (TRL's default), ``none`` does
+    #: not. Explicit because Unsloth's GRPOConfig silently turns ``group`` into ``none`` for
+    #: ``loss_type: dr_grpo`` (unsloth/models/rl.py: "The Dr GRPO paper recommends setting scale_rewards to
+    #: False! Will override"), so the reference notebook ran with ``none`` while plain TRL would use
+    #: ``group``: with the value explicit both backends train alike (tests/test_gpu_contract.py).
+    scale_rewards: Literal["group", "batch", "none"] = "none"
+    #: One switch for GSPO as in the paper (:data:`GSPO_PRESETS`); ``reference`` (the default) changes nothing.
+    preset: Literal["reference", "paper"] = "reference"
 
     def validate(self, key: str) -> None:
         hints = typing.get_type_hints(GSPOParams)
-        for name in ("importance_sampling_level", "loss_type"):  # also for objects built in code
+        for name in ("importance_sampling_level", "loss_type", "scale_rewards", "preset"):  # code-built too
             allowed = typing.get_args(hints[name])
             require(getattr(self, name) in allowed, f"{key}.{name}", getattr(self, name), one_of(allowed))
         require(math.isfinite(self.beta) and self.beta >= 0, f"{key}.beta", self.beta, "must be >= 0")
@@ -99,6 +123,27 @@ class GSPOParams:
         require(self.num_iterations >= 1, f"{key}.num_iterations", self.num_iterations, "must be >= 1")
         require(self.steps_per_generation is None or self.steps_per_generation >= 1,
                 f"{key}.steps_per_generation", self.steps_per_generation, "must be null or >= 1")
+
+    def effective(self, gradient_accumulation_steps: int) -> GSPOParams:
+        """The settings a run trains with: the fields as written (``reference``), or the paper's.
+
+        >>> g = GSPOParams("sequence", "dr_grpo", False, 0.0, 0.2, None, 1, None, preset="paper")
+        >>> e = g.effective(gradient_accumulation_steps=2)
+        >>> e.loss_type, e.epsilon, e.epsilon_high, e.steps_per_generation
+        ('grpo', 0.0003, 0.0004, 8)
+        >>> GSPOParams("sequence", "dr_grpo", False, 0.0, 0.2, None, 1, None).effective(2).loss_type
+        'dr_grpo'
+        """
+        if self.preset == "reference":
+            return self
+        return dataclasses.replace(self, **PAPER_GSPO, steps_per_generation=PAPER_STEPS_PER_GENERATION_FACTOR
+                                   * gradient_accumulation_steps)
+
+    def trl_fields(self, gradient_accumulation_steps: int) -> dict[str, Any]:
+        """The effective settings under TRL's ``GRPOConfig`` names (every field but ``preset``)."""
+        fields = dataclasses.asdict(self.effective(gradient_accumulation_steps))
+        del fields["preset"]
+        return fields
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
         [--eval-fraction 0.3] [--min-image-side 8] [--seed 3407] [--params params.yaml --profile full]
 
 ``--local`` is a ``datasets`` save_to_disk folder, a parquet file, or a folder of parquet files (e.g. a
-``huggingface-cli download AI4Math/MathVista --repo-type dataset`` snapshot). Defaults for image size,
+``hf download AI4Math/MathVista --repo-type dataset`` snapshot). Defaults for image size,
 eval fraction, minimum image side and seed come from the profile's ``data`` section and the shared
 ``seed`` in params.yaml; flags override them.
 """

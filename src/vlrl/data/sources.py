@@ -5,9 +5,13 @@ Every source returns a :class:`SourceData`: a ``datasets.Dataset`` with (at leas
 that the transform decodes each image itself and drops a corrupt one with a reason.
 
 - ``offline`` (tiny profile): :func:`vlrl.data.offline.generate_offline`.
-- ``hub`` (full profile): ``datasets.load_dataset(path, split=split, revision=revision)``. The HF
-  cache is used; ``HF_TOKEN`` (if set) is read by ``datasets``/``huggingface_hub`` themselves and never
-  logged here. Without network the error says what could not be fetched and how to proceed.
+- ``hub`` (full profile): only the split's parquet files (``data/<split>-*.parquet``: MathVista's
+  testmini is one 1,000-row file; the test split and the image archives are never downloaded), at the
+  pinned revision, through ``huggingface_hub``, then read with the parquet loader. The hub is asked
+  once (``dataset_info``: one request, no retries) and, when it cannot be reached or ``HF_HUB_OFFLINE``
+  is set, the local HF cache is used; with neither, one line says so at once (``datasets.load_dataset``
+  on the hub id retries for about 25 s and prints two tracebacks first). ``HF_TOKEN`` (if set) is read
+  by ``huggingface_hub`` itself and never logged here.
 - ``local``: a copy with the hub's columns for air-gapped machines: a ``save_to_disk`` folder (a
   Dataset, or a DatasetDict from which ``local.split`` is taken), one parquet file, or a folder of
   parquet files (a hub snapshot: only files named ``<split>-*.parquet`` are read when there are any).
@@ -15,7 +19,9 @@ that the transform decodes each image itself and drops a corrupt one with a reas
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +33,17 @@ from datasets.exceptions import DatasetsError
 from vlrl.config import DataParams, HubSource, LocalSource, OfflineSource
 from vlrl.data.offline import generate_offline
 from vlrl.data.schema import REQUIRED_SOURCE_COLUMNS
-from vlrl.errors import VlrlError
+from vlrl.errors import EnvironmentProblem, VlrlError
 
 log = logging.getLogger(__name__)
 
 
 class DataSourceError(VlrlError, RuntimeError):
     """The source could not be read; the message says what was tried and how to proceed."""
+
+
+class DataNotAvailableError(EnvironmentProblem, DataSourceError):
+    """Neither the network nor the local cache has the hub data set."""
 
 
 @dataclass(frozen=True)
@@ -67,24 +77,82 @@ def load_offline(offline: OfflineSource, seed: int) -> SourceData:
                       {"n_items": offline.n_items, "canvas_px": offline.canvas_px})
 
 
+def hub_split_patterns(split: str) -> list[str]:
+    """The files of one split in a hub data set repository (the hub's parquet layout).
+
+    >>> hub_split_patterns("testmini")
+    ['data/testmini-*.parquet', 'data/testmini.parquet']
+    """
+    return [f"data/{split}-*.parquet", f"data/{split}.parquet"]
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _ways_on(hub: HubSource) -> str:
+    return ("to proceed: (a) on a machine with network, check the id/revision (and HF_TOKEN if the repository "
+            "is gated); (b) with a warm cache, set HF_HUB_OFFLINE=1; (c) on an air-gapped machine, point the "
+            "profile at a mirror (data.source: local, data.local.path: a save_to_disk folder or parquet files) "
+            "or run `python -m vlrl.data --local PATH ...`; (d) to run everything offline, use the tiny profile "
+            "(`dvc repro --glob '*@tiny'` or `make demo`)")
+
+
+def _hub_split_files(hub: HubSource) -> tuple[list[Path], str]:
+    """(local parquet files of the split, the commit they come from): the hub, else the local cache."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    patterns = hub_split_patterns(hub.split)
+    what = f"the data set {hub.path!r} (split {hub.split!r}, revision {hub.revision!r})"
+    reason = "HF_HUB_OFFLINE is set"
+    if not _offline():
+        try:
+            info = huggingface_hub.HfApi().dataset_info(hub.path, revision=hub.revision)
+        except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as exc:
+            raise DataSourceError(f"params.yaml: profiles.<profile>.data.hub: the hub has no {what} "
+                                  f"({type(exc).__name__}); check path and revision") from exc
+        except Exception as exc:  # noqa: BLE001 - any other failure to ask the hub: try the cache
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        else:
+            names = [s.rfilename for s in (info.siblings or [])]
+            if not any(fnmatch.fnmatch(name, p) for name in names for p in patterns):
+                raise DataSourceError(f"params.yaml: profiles.<profile>.data.hub.split = {hub.split!r}: {hub.path} "
+                                      f"at {info.sha} has no {' or '.join(patterns)}; check the split name")
+            folder = huggingface_hub.snapshot_download(hub.path, repo_type="dataset", revision=info.sha,
+                                                       allow_patterns=patterns)
+            return _split_files_in(Path(folder), patterns), info.sha
+    try:
+        folder = Path(huggingface_hub.snapshot_download(hub.path, repo_type="dataset", revision=hub.revision,
+                                                        allow_patterns=patterns, local_files_only=True))
+    except (OSError, ValueError, errors.EntryNotFoundError):
+        folder = None
+    files = _split_files_in(folder, patterns) if folder is not None else []
+    if not files:
+        where = "HF_HUB_OFFLINE is set" if _offline() else "the hub could not be reached"
+        raise DataNotAvailableError(f"{what} is not in the local Hugging Face cache and {where} ({reason}); "
+                                    + _ways_on(hub))
+    return files, folder.name
+
+
+def _split_files_in(folder: Path, patterns: list[str]) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.parquet")
+                  if any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in patterns))
+
+
 def load_hub(hub: HubSource) -> SourceData:
-    """MathVista from the hub at a pinned revision (network, or HF_HUB_OFFLINE=1 with a warm cache).
+    """MathVista's split from the hub at a pinned revision (network, or the local cache; see the module doc).
     """
     log.info("loading %s (split %s, revision %s) from the Hugging Face hub or its cache",
              hub.path, hub.split, hub.revision)
+    files, commit = _hub_split_files(hub)
     try:
-        dataset = datasets.load_dataset(hub.path, split=hub.split, revision=hub.revision)
-    except (OSError, DatasetsError) as exc:
-        raise DataSourceError(
-            f"could not fetch the data set {hub.path!r} (split {hub.split!r}, revision {hub.revision!r}) "
-            f"from the Hugging Face hub or its local cache: {type(exc).__name__}: {exc}\n"
-            "To proceed: (a) on a machine with network, check the id/revision (and HF_TOKEN if the "
-            "repository is gated); (b) with a warm cache, set HF_HUB_OFFLINE=1; (c) on an air-gapped "
-            "machine, point the profile at a mirror (data.source: local, data.local.path: a save_to_disk "
-            "folder or parquet files) or run `python -m vlrl.data --local PATH ...`; (d) to run "
-            "everything offline, use the tiny profile (`dvc repro --glob '*@tiny'` or `make demo`)."
-        ) from exc
-    return SourceData(_undecoded(dataset, f"hub data set {hub.path}"), "hub", hub.revision,
+        dataset = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    except (OSError, DatasetsError, ValueError) as exc:
+        raise DataSourceError(f"{files[0].parent}: the cached parquet files of {hub.path} ({hub.split}) cannot be "
+                              f"read ({type(exc).__name__}); delete them from the HF cache and re-run") from exc
+    return SourceData(_undecoded(dataset, f"hub data set {hub.path}"), "hub", commit,
                       {"path": hub.path, "split": hub.split})
 
 

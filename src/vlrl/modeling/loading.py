@@ -6,7 +6,6 @@ See :mod:`vlrl.modeling` for the backends and the import order.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -15,9 +14,11 @@ from typing import Any
 import torch
 
 from vlrl.config import LoraParams, ModelParams
-from vlrl.errors import CorruptInputError, EnvironmentProblem
+from vlrl.errors import ConfigError, CorruptInputError, EnvironmentProblem
 from vlrl.modeling.adapters import check_adapter_dir, load_adapter
 from vlrl.modeling.devices import resolve_device
+from vlrl.modeling.folders import check_built_folder
+from vlrl.modeling.hub import model_config, not_available, offline, requested_revision
 from vlrl.modeling.pins import KIND_BUILT, KIND_HUB, PIN_FILE, model_pin
 from vlrl.modeling.processor import image_only_processor_class
 
@@ -25,10 +26,6 @@ log = logging.getLogger(__name__)
 
 #: The reference LoRA targets: attention and MLP projections of the language model.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class ModelNotAvailableError(EnvironmentProblem):
-    """The pinned model is neither on disk nor reachable on the hub."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,11 +59,6 @@ def _import_unsloth() -> Any:
             f"params.yaml: model.backend = 'unsloth' but unsloth cannot be imported ({exc}); on a CUDA "
             "machine run `make install-gpu`, or set profiles.<profile>.model.backend: transformers") from exc
     return FastVisionModel
-
-
-def _offline() -> bool:
-    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once, at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,30 +99,53 @@ def lora_config(lora: LoraParams) -> Any:
 # ------------------------------------------------------------------------------------------------
 
 
+def language_linear_names(net: Any) -> set[str]:
+    """Leaf names of the linear layers under the language model (``q_proj``, ``down_proj``, ...).
+
+    bitsandbytes' ``Linear4bit`` subclasses ``torch.nn.Linear``, so a 4-bit model answers the same.
+    """
+    return {name.rsplit(".", 1)[-1] for name, module in net.named_modules()
+            if isinstance(module, torch.nn.Linear) and re.fullmatch(r".*language_model.*", name)}
+
+
+def check_lora_targets(net: Any, lora: LoraParams) -> None:
+    """Every ``lora.target_modules`` name must be a linear layer of the language model, before training.
+
+    Otherwise PEFT fails deep inside training setup ("Target modules ... not found"), or, with a list
+    where only some names exist, silently trains fewer modules than params say.
+    """
+    present = language_linear_names(net)
+    unknown = [name for name in lora.target_modules if name not in present]
+    if unknown:
+        raise ConfigError(
+            f"params.yaml: profiles.<profile>.lora.target_modules = {list(lora.target_modules)}: "
+            f"{', '.join(map(repr, unknown))} is not a linear layer of this model's language model; its "
+            f"linear layers are: {', '.join(sorted(present)) or '(none)'}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+
+
 def _source(model: ModelParams, model_dir: Path) -> tuple[str, str | None, dict]:
-    """(what from_pretrained receives, revision, pin), checking the pin against params."""
+    """(what from_pretrained receives, revision, pin), checking the pin against params and the model's
+    config.json (Qwen3-VL, complete files) before anything is allocated."""
     pin = model_pin(model_dir)
     expected_kind = KIND_BUILT if model.is_built_offline else KIND_HUB
+    requested = pin.get("requested_revision", pin["revision"])
     if pin["id"] != model.id or pin["backend"] != model.backend or pin["kind"] != expected_kind or (
-            pin["kind"] == KIND_HUB and pin["revision"] != model.revision):
+            pin["kind"] == KIND_HUB and requested != requested_revision(model)):
         raise CorruptInputError(
-            f"{Path(model_dir) / PIN_FILE}: pins {pin['id']}@{pin['revision']} ({pin['backend']}, "
+            f"{Path(model_dir) / PIN_FILE}: pins {pin['id']}@{requested} ({pin['backend']}, "
             f"{pin['kind']}) but params.yaml has model id {model.id!r}, revision {model.revision!r}, backend "
             f"{model.backend!r} ({expected_kind}); "
             "re-run the model stage (dvc repro) so that the model folder matches params")
     if pin["kind"] == KIND_BUILT:
+        check_built_folder(Path(model_dir))
         return str(model_dir), None, pin
-    return model.id, model.revision, pin
-
-
-def _not_available(model_id: str, revision: str | None, exc: BaseException) -> ModelNotAvailableError:
-    where = "HF_HUB_OFFLINE is set" if _offline() else "the hub could not be reached"
-    return ModelNotAvailableError(
-        f"model {model_id!r} (revision {revision!r}) is not in the local Hugging Face cache and {where} "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). To fix: on a machine with "
-        f"network run `huggingface-cli download {model_id} --revision {revision or 'main'}` (or unset "
-        "HF_HUB_OFFLINE once) to fill the cache, or set profiles.<profile>.model.id to a local model "
-        "folder; the tiny profile needs no download.")
+    model_config(model.id, pin["revision"])  # one line, fast, when neither cache nor network has it
+    return model.id, pin["revision"], pin
 
 
 def load_processor(model: ModelParams, model_dir: Path) -> Any:
@@ -140,8 +155,12 @@ def load_processor(model: ModelParams, model_dir: Path) -> Any:
     back to the image-only processor when AutoProcessor returns a bare tokenizer (no torchvision).
     """
     source, revision, pin = _source(model, model_dir)
+    return _processor(source, revision, pin)
+
+
+def _processor(source: str, revision: str | None, pin: dict) -> Any:
     processor_cls = image_only_processor_class()
-    kwargs = {"revision": revision, "local_files_only": _offline()} if pin["kind"] == KIND_HUB else {}
+    kwargs = {"revision": revision, "local_files_only": offline()} if pin["kind"] == KIND_HUB else {}
     try:
         if pin["kind"] == KIND_BUILT:
             return processor_cls.from_pretrained(source)
@@ -154,7 +173,7 @@ def load_processor(model: ModelParams, model_dir: Path) -> Any:
         return processor
     except OSError as exc:
         if pin["kind"] == KIND_HUB:
-            raise _not_available(model.id, model.revision, exc) from exc
+            raise not_available(pin["id"], revision, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         raise
 
 
@@ -163,14 +182,15 @@ def load_model_and_processor(model: ModelParams, model_dir: Path, *, lora: LoraP
                              seed: int | None = None) -> tuple[Any, Any]:
     """Load the pinned model and its processor for generation or training.
 
-    - ``for_training=True`` with ``lora``: a fresh LoRA on the language model's attention + MLP
-      projections (trainable), the rest frozen.
-    - ``adapter_dir``: the trained adapter on top of the base model (post evaluation).
+    - ``for_training=True`` with ``lora``: a fresh LoRA on the language model's ``lora.target_modules``
+      (trainable; a name the model lacks is refused first), the rest frozen.
+    - ``adapter_dir``: the trained adapter on top of the base model (post evaluation), verified
+      (:mod:`vlrl.modeling.adapters`).
     - otherwise: the base model in eval/inference mode.
 
     ``seed`` (params ``seed``; required with ``for_training``) seeds the LoRA initialisation
-    (``random_state`` on Unsloth).
-
+    (``random_state`` on Unsloth). Before any weights load, the model folder or the hub config is
+    checked (:mod:`vlrl.modeling.folders`, :mod:`vlrl.modeling.hub`).
     """
     if for_training and (lora is None or seed is None):
         raise ValueError("load_model_and_processor: for_training=True needs the lora params "
@@ -193,22 +213,23 @@ def _load_transformers(model: ModelParams, model_dir: Path, *, lora: LoraParams 
 
     source, revision, pin = _source(model, model_dir)
     device = resolve_device(model)
-    processor = load_processor(model, model_dir)
+    processor = _processor(source, revision, pin)
     # bf16 on CUDA as the reference; fp32 on CPU (bf16 matmuls are slow there and the tiny model is fp32).
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     if pin["kind"] == KIND_HUB:
-        kwargs.update(revision=revision, local_files_only=_offline())
+        kwargs.update(revision=revision, local_files_only=offline())
     try:
         net = Qwen3VLForConditionalGeneration.from_pretrained(source, **kwargs)
     except OSError as exc:
         if pin["kind"] == KIND_HUB:
-            raise _not_available(model.id, model.revision, exc) from exc
+            raise not_available(model.id, revision, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         raise
     net.to(device)
     if for_training:
         from peft import get_peft_model
 
+        check_lora_targets(net, lora)
         torch.manual_seed(seed)  # LoRA A matrices are drawn at wrap time
         net = get_peft_model(net, lora_config(lora))
         net.train()
@@ -220,35 +241,42 @@ def _load_transformers(model: ModelParams, model_dir: Path, *, lora: LoraParams 
     return net, processor
 
 
+#: Keywords of ``FastVisionModel.get_peft_model`` that place the LoRA as the reference notebook does
+#: (language layers only, attention + MLP); an explicit ``target_modules`` list is then narrowed by
+#: these flags (unsloth/models/vision.py, ``FastBaseModel.get_peft_model``: "Explicit target_modules
+#: are constrained by the finetune_(vision|language|attention|mlp) filters").
+UNSLOTH_LORA_PLACEMENT = {"finetune_vision_layers": False, "finetune_language_layers": True,
+                          "finetune_attention_modules": True, "finetune_mlp_modules": True}
+
+
 def _load_unsloth(model: ModelParams, model_dir: Path, *, lora: LoraParams | None,
                   adapter_dir: Path | None, for_training: bool, seed: int | None) -> tuple[Any, Any]:
     fast_vision_model = _import_unsloth()  # first: Unsloth must patch before peft/transformers load
     source, revision, pin = _source(model, model_dir)
     resolve_device(model)  # Unsloth's vision models need CUDA (docs/library-notes.md): name the knob
+    # No local_files_only: Unsloth reads HF_HUB_OFFLINE itself and then loads from the cache only
+    # (unsloth/models/loader_utils.py, _offline_aware_load), and every keyword here is a named
+    # parameter of FastModel.from_pretrained (tests/test_gpu_contract.py checks it).
     kwargs: dict[str, Any] = {"load_in_4bit": model.load_in_4bit, "max_seq_length": model.max_seq_length,
                               "use_gradient_checkpointing": "unsloth" if for_training else False}
     if revision is not None:
         kwargs["revision"] = revision
-    if pin["kind"] == KIND_HUB and _offline():
-        kwargs["local_files_only"] = True
     try:
         net, processor = fast_vision_model.from_pretrained(source, **kwargs)
     except OSError as exc:
         if pin["kind"] == KIND_HUB:
-            raise _not_available(model.id, model.revision, exc) from exc
+            raise not_available(model.id, revision, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         raise
+    if pin["kind"] == KIND_BUILT:
+        # A built folder's processor_config.json names vlrl's ImageOnlyQwen3VLProcessor, which Unsloth's
+        # AutoProcessor chain cannot resolve: use the one vlrl builds.
+        processor = _processor(source, revision, pin)
     if for_training:
-        if tuple(sorted(lora.target_modules)) != tuple(sorted(DEFAULT_LORA_TARGETS)):
-            log.warning("backend unsloth: LoRA targets come from finetune_attention_modules/"
-                        "finetune_mlp_modules (all attention + MLP projections of the language model); "
-                        "profiles.<profile>.lora.target_modules = %s is not applied as a list",
-                        list(lora.target_modules))
+        check_lora_targets(net, lora)
         net = fast_vision_model.get_peft_model(
             net,
-            finetune_vision_layers=False,
-            finetune_language_layers=True,
-            finetune_attention_modules=True,
-            finetune_mlp_modules=True,
+            target_modules=list(lora.target_modules),
+            **UNSLOTH_LORA_PLACEMENT,
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
@@ -261,4 +289,3 @@ def _load_unsloth(model: ModelParams, model_dir: Path, *, lora: LoraParams | Non
         net = load_adapter(net, Path(adapter_dir))
     fast_vision_model.for_inference(net)
     return net, processor
-

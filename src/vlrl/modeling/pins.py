@@ -3,7 +3,10 @@
 The model stage writes it into ``data/<profile>/model``; every later stage reads it and the report
 shows it. Keys: ``id``, ``revision``, ``backend``, ``kind``. ``kind`` is :data:`KIND_BUILT` for the
 tiny model (the folder also holds its weights, tokenizer and processor; ``revision`` is a hash of
-the weights) and :data:`KIND_HUB` for hub models (loaded by id at ``revision``).
+the weights) and :data:`KIND_HUB` for hub models, loaded by id at ``revision``: the COMMIT HASH the
+configured revision resolved to when the model stage ran (:func:`vlrl.modeling.hub.resolve_revision`),
+so a run stays reproducible when params say ``main``. A hub pin also keeps ``requested_revision``
+(the params value), which later stages compare with params to tell a stale pin.
 
 Pure module: imports neither torch nor DVC.
 """
@@ -23,7 +26,8 @@ KIND_BUILT = "built"
 KIND_HUB = "hub"
 
 
-def write_pin(model_dir: Path, *, model_id: str, revision: str | None, backend: str, kind: str) -> dict:
+def write_pin(model_dir: Path, *, model_id: str, revision: str | None, backend: str, kind: str,
+              requested_revision: str | None = None) -> dict:
     """Write ``model_pin.json`` into a model folder (the model stage does this); returns the pin.
 
     >>> import tempfile
@@ -31,6 +35,8 @@ def write_pin(model_dir: Path, *, model_id: str, revision: str | None, backend: 
     {'id': 'org/m', 'revision': 'abc', 'backend': 'unsloth', 'kind': 'hub'}
     """
     pin = {"id": model_id, "revision": revision, "backend": backend, "kind": kind}
+    if requested_revision is not None:
+        pin["requested_revision"] = requested_revision
     atomic_write_json(Path(model_dir) / PIN_FILE, pin)
     return pin
 
@@ -52,7 +58,7 @@ def model_pin(model_dir: Path) -> dict:
         pin = read_json(path)
     except json.JSONDecodeError as exc:
         raise CorruptInputError(f"{path}: not valid JSON ({exc}); re-run the model stage") from exc
-    missing = [k for k in ("id", "revision", "backend", "kind") if k not in pin]
+    missing = [k for k in ("id", "revision", "backend", "kind") if k not in pin] if isinstance(pin, dict) else [1]
     if missing or pin["kind"] not in (KIND_BUILT, KIND_HUB):
         raise CorruptInputError(f"{path}: {pin!r}: expected keys id, revision, backend and kind "
                          f"({KIND_BUILT!r} or {KIND_HUB!r}); re-run the model stage")

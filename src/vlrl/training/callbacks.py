@@ -33,6 +33,7 @@ CURVES: dict[str, str] = {
     "reward_correctness": "rewards/correctness_reward/mean",
     "format_rate": FORMAT_RATE_KEY,
     "kl": "kl",  # TRL computes the KL only when beta != 0: no file otherwise
+    "clip_ratio": "clip_ratio/region_mean",  # share of tokens clipped: > 0 only off-policy
     "completion_length": "completions/mean_length",
     "loss": "loss",
     "learning_rate": "learning_rate",

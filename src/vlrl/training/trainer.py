@@ -115,9 +115,10 @@ def build_grpo_config(train: TrainParams, gspo: GSPOParams, seed: int, output_di
                       world_size: int = 1, deepspeed: bool = False) -> GRPOConfig:
     """``GRPOConfig`` from params (docs/reference-experiment.md, "Training").
 
-    Every field of the ``gspo`` section and of ``train`` (but :data:`_NOT_IN_GRPO_CONFIG`) is the
-    GRPOConfig field of the same name in TRL 1.15, so a knob added to params.yaml reaches TRL as is;
-    the rest is fixed here, with the reason.
+    Every field of the ``gspo`` section (as :meth:`~vlrl.config.GSPOParams.effective` makes it: its
+    ``preset`` applied) and of ``train`` (but :data:`_NOT_IN_GRPO_CONFIG`) is the GRPOConfig field of the
+    same name in TRL 1.15, so a knob added to params.yaml reaches TRL as is; the rest is fixed here, with
+    the reason.
 
     ``suppress_tokens`` (the vision placeholders) are never sampled in training: TRL 1.15's generation
     config suppresses nothing, and a sampled ``<|image_pad|>`` makes the next forward pass fail
@@ -138,7 +139,7 @@ def build_grpo_config(train: TrainParams, gspo: GSPOParams, seed: int, output_di
                   if name not in _NOT_IN_GRPO_CONFIG}
     return GRPOConfig(
         output_dir=str(output_dir),
-        **dataclasses.asdict(gspo),
+        **gspo.trl_fields(train.gradient_accumulation_steps),
         **same_names,
         reward_weights=list(reward_weights),
         warmup_steps=train.warmup_ratio,
@@ -203,6 +204,7 @@ def train_metrics(log_history: Sequence[dict], *, params: TrainStageParams, step
         "prompts_used": prompts_used,
         "prompts_dropped": prompts_dropped,
         "off_policy": is_off_policy(params.train, params.gspo),
+        "gspo_preset": params.gspo.preset,
         "importance_sampling_level": params.gspo.importance_sampling_level,
         "loss_type": params.gspo.loss_type,
         "num_generations": params.train.num_generations,
@@ -263,6 +265,8 @@ def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapte
     model_dir, adapter_dir, checkpoints_dir = Path(model_dir), Path(adapter_dir), Path(checkpoints_dir)
     for folder in (adapter_dir, Path(curves_dir)):  # before hours of training, not after
         check_replaceable(folder)
+    # The GSPO settings this run trains with (gspo.preset applied), for TRL, the logs and train.json alike.
+    params = dataclasses.replace(params, gspo=params.gspo.effective(params.train.gradient_accumulation_steps))
 
     # ---- data: prompts, over-long prompts dropped (processor only, no model yet) ---------------------
     processor = load_processor(params.model, model_dir)
@@ -354,6 +358,10 @@ def _log_policy(params: TrainStageParams) -> None:
         log.warning("profiles.%s.train.save_steps = %d is not a multiple of a generation block (%d micro-steps): "
                     "resuming from a checkpoint will not reproduce an uninterrupted run exactly",
                     params.profile, params.train.save_steps, generate_every)
+    if params.gspo.preset != "reference":
+        log.info("gspo.preset = %r: loss_type %s, epsilon %s, epsilon_high %s, beta %s, steps_per_generation %s "
+                 "(in place of the gspo fields of params.yaml)", params.gspo.preset, params.gspo.loss_type,
+                 params.gspo.epsilon, params.gspo.epsilon_high, params.gspo.beta, params.gspo.steps_per_generation)
     if is_off_policy(params.train, params.gspo):
         log.info("off-policy training: GSPO's sequence-level ratio differs from GRPO's token-level one")
     else:
