@@ -12,7 +12,7 @@ Pure module: imports neither torch nor DVC.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlrl.config.loading import DEFAULT_PARAMS_PATH, load_params
@@ -58,7 +58,8 @@ class GenerateStageParams:
     prompt: PromptParams
     model: ModelParams
     generation: GenerationParams
-    launch: LaunchParams
+    #: One plain process unless given (views built in code, e.g. by vlrl.gpu_smoke, need not say).
+    launch: LaunchParams = field(default_factory=LaunchParams)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class TrainStageParams:
     model: ModelParams
     lora: LoraParams
     train: TrainParams
-    launch: LaunchParams
+    #: One plain process unless given (views built in code, e.g. by vlrl.gpu_smoke, need not say).
+    launch: LaunchParams = field(default_factory=LaunchParams)
 
 
 @dataclass(frozen=True)
