@@ -22,9 +22,15 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 test: install
 	$(BIN)/python -m pytest -q
 
-# The full tiny pipeline under dvc in a temporary git repo (selectivity, metrics diff), marked slow.
-test-pipeline: install
+# The full tiny pipeline under dvc in a temporary git repo (selectivity, metrics diff), the stages as
+# several processes (DDP, DeepSpeed on CPU) and a queued sweep, marked slow. DeepSpeed comes from the
+# `deepspeed` extra; its first run on a machine compiles a CPU communication op (about 90 s, cached).
+test-pipeline: install $(VENV)/.vlrl-deepspeed
 	$(BIN)/python -m pytest -q -m slow
+
+$(VENV)/.vlrl-deepspeed: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[deepspeed]"
+	touch $@
 
 # Our GPU-path calls checked against the real pinned Unsloth/TRL and pip's resolver, on a CPU (marker
 # `contract`; downloads the pinned wheels from PyPI; a few minutes): tests/test_gpu_contract.py,

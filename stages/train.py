@@ -10,20 +10,23 @@ per training curve under ``--curves-dir`` and the flat ``--metrics`` JSON (vlrl.
 end. The run's cost goes to the untracked ``logs/<profile>/train.json``, and the curves follow the run
 live in ``logs/<profile>/train_curves/``. Exit status 1 with a message, and no adapter, when the loss
 or the weights become NaN/inf.
+
+With ``profiles.<profile>.launch.num_processes > 1`` the same command starts itself under ``accelerate
+launch`` and waits for its processes (vlrl.launch); the main one writes the outputs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vlrl import modeling
+from vlrl import launch, modeling
 from vlrl.config import load_stage_params
 from vlrl.data import load_split
 from vlrl.entry import run_stage, stage_parser
 from vlrl.telemetry import describe, logs_dir, write_run_log
 
 
-def main() -> None:
+def main() -> int | None:
     parser = stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--splits-dir", type=Path, required=True)
@@ -33,8 +36,11 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
 
-    # ---- params (validated at load), backend first ------------------------------------------------
+    # ---- params (validated at load); several processes: this one launches them and waits ------------
     params = load_stage_params("train", args.profile, args.params)
+    if launch.should_relaunch(params.launch):
+        return launch.relaunch(params.launch, params.model, args.profile)
+    launch.enter_worker(params.launch, params.model, args.profile)
     modeling.prepare_backend(params.model)  # Unsloth must be imported before trl/transformers/peft
     from vlrl import training  # noqa: PLC0415 - imports trl: only after prepare_backend (vlrl.modeling)
 
@@ -43,12 +49,16 @@ def main() -> None:
                             adapter_dir=args.adapter_dir, checkpoints_dir=args.checkpoints_dir,
                             curves_dir=args.curves_dir, metrics_path=args.metrics,
                             live_curves_dir=logs_dir(args.profile) / "train_curves")
-    log = write_run_log(args.profile, "train", result.telemetry)
+    if not launch.is_main_process():
+        return None
+    telemetry = {**result.telemetry, **launch.telemetry()}
+    log = write_run_log(args.profile, "train", telemetry)
     metrics = result.metrics
     print(f"train: {metrics['steps']} steps, reward {metrics['reward_mean_first_tenth']} -> "
           f"{metrics['reward_mean_last_tenth']}, format rate {metrics['format_rate_first_tenth']} -> "
           f"{metrics['format_rate_last_tenth']}, off-policy {metrics['off_policy']} -> {args.adapter_dir}")
-    print(f"train cost: {describe(result.telemetry)} (log {log})")
+    print(f"train cost: {describe(telemetry)} (log {log})")
+    return None
 
 
 if __name__ == "__main__":

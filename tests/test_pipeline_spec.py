@@ -144,3 +144,15 @@ def test_script_loads_the_view_of_its_kind(name):
              if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "load_stage_params"]
     assert calls, f"{script} does not call load_stage_params"
     assert {c.args[0].value for c in calls} == {STAGE_KIND[name]}
+
+
+@pytest.mark.parametrize(("name", "profile"), CASES)
+def test_stages_that_can_launch_processes_depend_on_the_accelerate_configs(name, profile):
+    """A stage run under `accelerate launch` (vlrl.launch) reads configs/accelerate/ (launch.config_file):
+    editing a config must re-run it, and only it."""
+    stage = _resolve(_stages()[name]["do"], profile)
+    script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+    launches = SRC / "vlrl" / "launch.py" in transitive_module_files(ROOT / script)
+    declares = "configs/accelerate" in _dep_paths(stage["deps"])
+    assert (launches, declares) == (launches, launches)
+    assert (f"profiles.{profile}.launch" in stage["params"]) == launches

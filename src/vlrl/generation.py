@@ -16,6 +16,9 @@ Why it looks like this:
 - Restartability: the stage collects all records in memory and writes the JSONL once, atomically
   (:func:`vlrl.io.atomic_write_jsonl`); an interrupted run leaves no file, never a partial one that looks
   complete. Re-running regenerates from the start (greedy decoding makes it reproducible).
+- Several processes (:mod:`vlrl.launch`): the batches of the single-process plan are dealt out to the
+  processes and the records gathered back in row order, so the output does not depend on the number
+  of processes (:func:`generate_completions`).
 
 Record: ``{"pid", "completion", "prompt_tokens", "completion_tokens", "truncated"}`` where
 ``truncated`` means the completion hit ``max_new_tokens`` without an end-of-turn token.
@@ -35,6 +38,7 @@ from tqdm.auto import tqdm
 
 from vlrl.config import GenerationParams, ModelParams
 from vlrl.errors import ConfigError, EnvironmentProblem
+from vlrl.launch import Processes
 from vlrl.modeling.devices import torch_threads
 from vlrl.modeling.processor import end_of_turn_ids, vision_token_ids
 from vlrl.prompts import build_prompt
@@ -130,7 +134,7 @@ def effective_generation_config(model: Any) -> dict | None:
 
 def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_template: str,
                          generation: GenerationParams, seed: int, progress: bool = True,
-                         profile: str = "<profile>") -> list[dict]:
+                         profile: str = "<profile>", processes: Processes | None = None) -> list[dict]:
     """Generate one completion per dataset row, ``generation.batch_size`` at a time; records in row order.
 
     Rows are batched in order of question length (ties by position): similar questions tend to get
@@ -140,7 +144,19 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
     ``temperature == 0``; otherwise sampled with ``temperature``/``top_p`` from torch's generator
     seeded with ``seed + b`` for batch ``b``.
 
+    ``processes`` (several processes, :class:`vlrl.launch.Processes`): the batches are planned as for
+    one process, process ``k`` of ``n`` generates batches ``k, k + n, k + 2n, ...`` (the batches are
+    sorted by question length, so every process gets a similar share of long and short ones), and the
+    records are gathered in row (pid) order on every process. Each batch is exactly the batch, with
+    the seed, of a single-process run, so the gathered records are those of a single-process run, greedy
+    or sampled (tests/test_scale_out.py checks the files are byte-identical on the tiny profile). Why
+    not contiguous rows per process (accelerate's ``split_between_processes``): each process would
+    batch its own rows, and greedy decoding can in principle change with the batch a row is in: the
+    padded length changes the shapes of the matrix products and so the order of floating-point sums,
+    which can flip a near-tie between two tokens (measured identical on the tiny profile nonetheless;
+    README "Scaling out").
     """
+    processes = processes or Processes()
     tokenizer = processor.tokenizer
     eos_ids = end_of_turn_ids(processor)
     config = build_generation_config(generation, processor)
@@ -150,11 +166,14 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
     threads = generation.cpu_threads if device.type == "cpu" else None
     questions = list(dataset["question"])
     order = sorted(range(len(questions)), key=lambda i: (len(questions[i]), i))
-    records: list[dict] = [{}] * len(order)
-    bar = tqdm(total=len(order), desc="generate", unit="ex", disable=not progress)
+    batches = [order[start:start + generation.batch_size] for start in range(0, len(order), generation.batch_size)]
+    mine = list(range(processes.index, len(batches), processes.count))  # this process's batches
+    done: list[tuple[int, dict]] = []  # (row, record)
+    bar = tqdm(total=sum(len(batches[b]) for b in mine), desc="generate", unit="ex",
+               disable=not progress or not processes.is_main)
     with torch_threads(threads), bar:
-        for b, start in enumerate(range(0, len(order), generation.batch_size)):
-            indices = order[start:start + generation.batch_size]
+        for b in mine:
+            indices = batches[b]
             rows = dataset.select(indices)
             texts = prompt_texts(processor, list(rows["question"]), prompt_template)
             enc = processor(text=texts, images=list(rows["image"]), padding=True, padding_side="left",
@@ -172,9 +191,11 @@ def generate_completions(model: Any, processor: Any, dataset: Any, *, prompt_tem
                     f"profiles.{profile}.generation.batch_size (now {generation.batch_size}) in params.yaml"
                 ) from exc
             batch = _records(rows, enc, out, tokenizer, eos_ids, pad_id, generation.max_new_tokens)
-            for index, record in zip(indices, batch, strict=True):
-                records[index] = record
+            done.extend(zip(indices, batch, strict=True))
             bar.update(len(rows))
+    records: list[dict] = [{}] * len(order)
+    for index, record in processes.gather(done):
+        records[index] = record
     return records
 
 

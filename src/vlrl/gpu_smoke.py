@@ -209,10 +209,11 @@ def _run(smoke: Smoke, numbers: dict[str, Any], params: Any, work: Path, on_cuda
             optim="adamw_8bit" if state["bnb"] else "adamw_torch")
         stage = TrainStageParams(profile="tiny", seed=params.seed, prompt=params.prompt, rewards=params.rewards,
                                  gspo=params.gspo, model=state["model"], lora=tiny.lora, train=train_params)
-        metrics = gspo_train(stage, state["train"].select(range(min(32, state["train"].num_rows))),
-                             model_dir=work / "model", adapter_dir=work / "adapter",
-                             checkpoints_dir=work / "checkpoints", curves_dir=work / "curves",
-                             metrics_path=work / "train.json")
+        result = gspo_train(stage, state["train"].select(range(min(32, state["train"].num_rows))),
+                            model_dir=work / "model", adapter_dir=work / "adapter",
+                            checkpoints_dir=work / "checkpoints", curves_dir=work / "curves",
+                            metrics_path=work / "train.json")
+        metrics = {**result.metrics, **result.telemetry}  # train() returns TrainResult(metrics, telemetry)
         numbers["GSPO seconds per step"] = metrics["seconds_per_step"]
         numbers["GSPO tokens per second"] = metrics["tokens_per_second"]
         return (f"{metrics['steps']} steps, {stage.gspo.preset} preset ({metrics['loss_type']}, off-policy "

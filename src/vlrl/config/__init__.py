@@ -1,7 +1,7 @@
 """The only reader of ``params.yaml``: parsed once into frozen, validated objects.
 
 - :mod:`~vlrl.config.sections`: one dataclass per section, each validating its own values;
-- :mod:`~vlrl.config.rules`: the rules across sections (batch vs group size, lengths, devices);
+- :mod:`~vlrl.config.rules`: the rules across sections (batch vs group size, lengths, devices, launch);
 - :mod:`~vlrl.config.loading`: YAML (1.1 and 1.2 number spellings) -> typed objects, errors with key paths;
 - :mod:`~vlrl.config.views`: the part of the params each stage reads, as ``dvc.yaml`` declares it.
 
@@ -16,6 +16,7 @@ from vlrl.config.sections import (
     GenerationParams,
     GSPOParams,
     HubSource,
+    LaunchParams,
     LocalSource,
     LoraParams,
     ModelParams,
@@ -44,7 +45,7 @@ from vlrl.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PARAMS_PATH", "PROFILES", "STAGE_VIEWS", "ConfigError", "DataParams", "FetchStageParams",
-    "GSPOParams", "GenerateStageParams", "GenerationParams", "HubSource", "LocalSource", "LoraParams",
+    "GSPOParams", "GenerateStageParams", "GenerationParams", "HubSource", "LaunchParams", "LocalSource", "LoraParams",
     "ModelParams", "ModelStageParams", "OfflineSource", "Params", "ProfileParams", "PromptParams",
     "ReportParams", "ReportStageParams", "RewardParams", "ScoreStageParams", "TinyModelBuild", "TrainParams",
     "TrainStageParams", "generation_batch_size", "is_off_policy", "load_params", "load_stage_params", "params_keys",

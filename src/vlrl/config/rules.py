@@ -33,10 +33,16 @@ def check_profile(name: str, profile: ProfileParams, params: Params) -> None:
     """Raise :class:`~vlrl.errors.ConfigError` when the profile's sections contradict each other."""
     train, model, generation = profile.train, profile.model, profile.generation
     key = f"profiles.{name}"
-    batch = generation_batch_size(train, params.gspo)
+    # TRL splits a generation round over all processes: only the global batch must hold whole groups.
+    processes = profile.launch.num_processes
+    batch = generation_batch_size(train, params.gspo) * processes
+    per = " x launch.num_processes" if processes > 1 else ""
     require(batch % train.num_generations == 0, f"{key}.train.num_generations", train.num_generations,
-            f"must divide the generation batch (per_device_train_batch_size x steps_per_generation = {batch}"
+            f"must divide the generation batch (per_device_train_batch_size{per} x steps_per_generation = {batch}"
             f"{', with gspo.preset ' + repr(params.gspo.preset) if params.gspo.preset != 'reference' else ''})")
+    require(not (model.backend == "unsloth" and profile.launch.launched), f"{key}.launch.num_processes",
+            profile.launch.num_processes, f"Unsloth runs one process on one GPU; set {key}.model.backend: "
+            "transformers to run several processes (or launch.num_processes: 1 and no launch.config_file)")
     require(not (train.optim in BITSANDBYTES_OPTIMIZERS and model.device == "cpu"), f"{key}.train.optim",
             train.optim, f"{train.optim} needs bitsandbytes and a CUDA device; use adamw_torch with device: cpu")
     total = train.max_prompt_length + train.max_completion_length

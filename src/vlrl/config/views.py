@@ -1,8 +1,8 @@
 """What each stage may read of params.yaml: one frozen view per stage, built from the parsed params.
 
 A view's fields ARE the stage's params: a shared section (``seed``, ``prompt``, ``rewards``, ``gspo``,
-``report``) by its name, a profile section (``data``, ``model``, ``lora``, ``generation``, ``train``)
-as ``profiles.<profile>.<name>``. :func:`params_keys` derives the keys from the fields, and
+``report``) by its name, a profile section (``data``, ``model``, ``lora``, ``generation``, ``train``,
+``launch``) as ``profiles.<profile>.<name>``. :func:`params_keys` derives the keys from the fields, and
 ``tests/test_pipeline_spec.py`` checks that ``dvc.yaml`` declares exactly those for the stage, so a
 stage cannot read a parameter that DVC does not track.
 
@@ -12,7 +12,7 @@ Pure module: imports neither torch nor DVC.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlrl.config.loading import DEFAULT_PARAMS_PATH, load_params
@@ -20,6 +20,7 @@ from vlrl.config.sections import (
     DataParams,
     GenerationParams,
     GSPOParams,
+    LaunchParams,
     LoraParams,
     ModelParams,
     Params,
@@ -57,6 +58,8 @@ class GenerateStageParams:
     prompt: PromptParams
     model: ModelParams
     generation: GenerationParams
+    #: One plain process unless given (views built in code, e.g. by vlrl.gpu_smoke, need not say).
+    launch: LaunchParams = field(default_factory=LaunchParams)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class TrainStageParams:
     model: ModelParams
     lora: LoraParams
     train: TrainParams
+    #: One plain process unless given (views built in code, e.g. by vlrl.gpu_smoke, need not say).
+    launch: LaunchParams = field(default_factory=LaunchParams)
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,9 @@ def params_keys(stage: str, profile: str) -> list[str]:
     """The params keys a stage reads, as ``dvc.yaml`` must declare them.
 
     >>> params_keys("train", "tiny")
-    ['seed', 'prompt', 'rewards', 'gspo', 'profiles.tiny.model', 'profiles.tiny.lora', 'profiles.tiny.train']
+    ['seed', 'prompt', 'rewards', 'gspo', 'profiles.tiny.model', 'profiles.tiny.lora', 'profiles.tiny.train', ...]
+    >>> params_keys("train", "tiny")[-1]
+    'profiles.tiny.launch'
     """
     keys = []
     for f in dataclasses.fields(_view(stage)):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import ProgressCallback, TrainerCallback
 
 from vlrl.io import atomic_write_text
@@ -43,9 +44,17 @@ CURVES: dict[str, str] = {
 
 
 class CheckpointMarker(TrainerCallback):
-    """Marks a checkpoint complete (file digests included) once the Trainer has written all of it."""
+    """Marks a checkpoint complete (file digests included) once the Trainer has written all of it.
+
+    Under several processes every process writes part of a checkpoint (its ``rng_state_<rank>.pth``;
+    under DeepSpeed its optimizer shard), and the Trainer's ``_save_checkpoint`` waits for nobody
+    before ``on_save`` (transformers/trainer.py): all processes meet here first, then process zero
+    alone writes the marker, so that it lists every file of every process.
+    """
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            PartialState().wait_for_everyone()
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
             write_complete_marker(folder, state.global_step)
@@ -110,7 +119,8 @@ class CurveWriter(TrainerCallback):
         self.curves_dir = Path(curves_dir)
 
     def on_log(self, args, state, control, **kwargs):
-        write_curves(state.log_history, self.curves_dir)
+        if state.is_world_process_zero:  # every process has the same (gathered) log history
+            write_curves(state.log_history, self.curves_dir)
         return control
 
 

@@ -55,14 +55,22 @@ def write_complete_marker(folder: Path, global_step: int) -> Path:
     return atomic_write_json(Path(folder) / COMPLETE_MARKER, {"global_step": global_step, "files": files})
 
 
-def setup_fingerprint(settings: TrainStageParams, model_dir: Path, dataset_fingerprint: str) -> str:
-    """A hash of everything that makes checkpoints resumable: params, model pin, train data.
+def setup_fingerprint(settings: TrainStageParams, model_dir: Path, dataset_fingerprint: str,
+                      world_size: int = 1) -> str:
+    """A hash of everything that makes checkpoints resumable: params, model pin, train data, and how
+    many processes train (with the accelerate config they run under).
 
     Checkpoints persist across ``dvc repro``; after a params or data change they belong to another
-    run and must not be resumed.
+    run and must not be resumed. The world size counts too: each process has its own RNG state
+    (``rng_state_<rank>.pth``) and sampling seed, and a DeepSpeed checkpoint holds one optimizer shard
+    per process, so a checkpoint of 2 processes does not continue the run of 1 (or of DDP). The
+    launch section's addresses (``main_process_ip``/``port``) do not change the run and are left out.
     """
-    payload = {"settings": dataclasses.asdict(settings), "model": model_pin(model_dir),
-               "data": dataset_fingerprint}
+    config = settings.launch.accelerate_config if settings.launch.launched else None
+    launch = {"world_size": world_size, "accelerate_config": config,
+              "accelerate_config_sha256": file_digest(Path(config)) if config and Path(config).is_file() else None}
+    payload = {"settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "launch"},
+               "model": model_pin(model_dir), "data": dataset_fingerprint, "launch": launch}
     text = json.dumps(payload, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

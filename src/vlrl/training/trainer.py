@@ -13,6 +13,11 @@ only off-policy (:func:`vlrl.config.is_off_policy`), which ``train.json`` record
   loss), the curves and ``train.json``; the run's cost (time, memory) is returned as telemetry for the
   untracked run log, never written into committed files.
 
+Several processes (:mod:`vlrl.launch`): every process runs :func:`train`; the training arguments join
+the process group first (before the model loads, so each process lands on its own GPU), the main
+process alone prepares the checkpoints folder (the others wait for its answer) and writes every output;
+TRL seeds each process's sampling with ``seed + rank`` itself.
+
 Import order: this module imports trl/transformers; on the unsloth backend call
 :func:`vlrl.modeling.prepare_backend` BEFORE importing it (see :mod:`vlrl.modeling`).
 """
@@ -31,12 +36,13 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from vlrl import launch
 from vlrl.config import GSPOParams, TrainParams, TrainStageParams, is_off_policy
 from vlrl.errors import ConfigError, VlrlError
 from vlrl.generation import prompt_token_counts
 from vlrl.io import atomic_directory, atomic_write_json, check_replaceable
 from vlrl.mathvista import GOLD_FIELDS
-from vlrl.modeling import load_model_and_processor, load_processor, resolve_device, torch_threads
+from vlrl.modeling import load_model_and_processor, load_processor, resolve_device, torch_threads, vision_token_ids
 from vlrl.prompts import build_prompt
 from vlrl.rewards import FORMAT_RATE_KEY, build_reward_functions, reward_weights
 from vlrl.telemetry import peak_memory_mb
@@ -105,13 +111,21 @@ _NOT_IN_GRPO_CONFIG = ("warmup_ratio", "max_prompt_length", "cpu_threads")
 
 
 def build_grpo_config(train: TrainParams, gspo: GSPOParams, seed: int, output_dir: Path, *, device: str,
-                      reward_weights: Sequence[float]) -> GRPOConfig:
+                      reward_weights: Sequence[float], suppress_tokens: Sequence[int] = (),
+                      world_size: int = 1, deepspeed: bool = False) -> GRPOConfig:
     """``GRPOConfig`` from params (docs/reference-experiment.md, "Training").
 
     Every field of the ``gspo`` section (as :meth:`~vlrl.config.GSPOParams.effective` makes it: its
     ``preset`` applied) and of ``train`` (but :data:`_NOT_IN_GRPO_CONFIG`) is the GRPOConfig field of the
     same name in TRL 1.15, so a knob added to params.yaml reaches TRL as is; the rest is fixed here, with
     the reason.
+
+    ``suppress_tokens`` (the vision placeholders) are never sampled in training: TRL 1.15's generation
+    config suppresses nothing, and a sampled ``<|image_pad|>`` makes the next forward pass fail
+    ("Image features and image tokens do not match"). ``world_size`` > 1 on a CPU: DDP over gloo.
+    ``deepspeed``: the stage runs under an accelerate DeepSpeed config; on a CPU it then needs
+    ``use_cpu=False`` (``use_cpu=True`` turns DeepSpeed off in accelerate) and gloo (DeepSpeed's CPU
+    accelerator).
 
     >>> from vlrl.config import GSPOParams, TrainParams
     >>> t = TrainParams(5e-6, 0.9, 0.99, 0.1, 0.1, "cosine", "adamw_torch", 2, 1, 2, 64, 64, 1.0, -1, 0.1)
@@ -129,10 +143,16 @@ def build_grpo_config(train: TrainParams, gspo: GSPOParams, seed: int, output_di
         **same_names,
         reward_weights=list(reward_weights),
         warmup_steps=train.warmup_ratio,
+        generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens else None,
         # ---- precision and memory: TRL sets bf16=True when unset, even on CPU (docs/library-notes.md)
         bf16=on_cuda,
         fp16=False,
-        use_cpu=not on_cuda,
+        # ---- devices: DDP over gloo on a CPU needs use_cpu=True; DeepSpeed on a CPU needs it False
+        use_cpu=not on_cuda and not deepspeed,
+        ddp_backend="gloo" if (world_size > 1 or deepspeed) and not on_cuda else None,  # None: NCCL on CUDA
+        # Every trainable weight (LoRA) takes part in every forward: DDP need not search for unused ones
+        # (the Trainer's default for a PEFT model is to search, an extra pass over the graph per step).
+        ddp_find_unused_parameters=False,
         gradient_checkpointing=on_cuda,  # saves memory on the 8B model; only slows the tiny one
         # ---- checkpoints, logs, determinism
         save_strategy="steps",
@@ -163,12 +183,13 @@ def _tenth_means(log_history: Sequence[dict], key: str) -> tuple[float | None, f
 
 
 def train_metrics(log_history: Sequence[dict], *, params: TrainStageParams, steps: int, prompts_dropped: int,
-                  prompts_used: int) -> dict:
+                  prompts_used: int, world_size: int = 1) -> dict:
     """The flat ``train.json``: what training did and the first/last tenth of its reward curves.
 
     ``*_first_tenth`` / ``*_last_tenth`` average the first / last tenth of the logged steps (at least one),
     rounded to 6 decimals (float32 logs carry no more). Only what the experiment determines: the cost
-    of the run is telemetry (:func:`train_telemetry`).
+    of the run is telemetry (:func:`train_telemetry`). ``world_size`` is part of the experiment: the
+    global batch (completions per optimizer step) is per-device batch x processes x accumulation.
     """
     metrics: dict[str, Any] = {"steps": steps}
     for name, key in (("reward_mean", "reward"), ("reward_format_mean", CURVES["reward_format"]),
@@ -187,6 +208,9 @@ def train_metrics(log_history: Sequence[dict], *, params: TrainStageParams, step
         "importance_sampling_level": params.gspo.importance_sampling_level,
         "loss_type": params.gspo.loss_type,
         "num_generations": params.train.num_generations,
+        "world_size": world_size,
+        "global_batch_size": params.train.per_device_train_batch_size * world_size
+        * params.train.gradient_accumulation_steps,
     }
 
 
@@ -250,9 +274,20 @@ def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapte
     dataset, dropped = drop_long_prompts(dataset, processor, params.prompt.template,
                                          params.train.max_prompt_length, list(train_split["question"]))
 
-    # ---- checkpoints: resume only what this very setup wrote ------------------------------------------
-    fingerprint = setup_fingerprint(params, model_dir, data_fingerprint(train_split))
-    resume = prepare_checkpoints_dir(checkpoints_dir, fingerprint)
+    # ---- processes: the training arguments join the process group before any model loads -----------
+    device = resolve_device(params.model)
+    funcs, weights = build_reward_functions(params.rewards)
+    args = build_grpo_config(params.train, params.gspo, params.seed, checkpoints_dir, device=device,
+                             reward_weights=weights, suppress_tokens=vision_token_ids(processor),
+                             world_size=launch.world_size(), deepspeed=launch.deepspeed_enabled())
+    processes = launch.Processes.of(args)
+
+    # ---- checkpoints: resume only what this very setup wrote (prepared once, by the main process) ----
+    resume = None
+    if processes.is_main:
+        fingerprint = setup_fingerprint(params, model_dir, data_fingerprint(train_split), processes.count)
+        resume = prepare_checkpoints_dir(checkpoints_dir, fingerprint)
+    resume = processes.broadcast(resume)  # the others wait here until the folder is ready
     resumed_from_step = checkpoint_step(resume) if resume is not None else 0
     if resume is not None:
         log.info("resuming from %s (step %d)", resume, resumed_from_step)
@@ -263,16 +298,16 @@ def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapte
     if finished is not None:
         # transformers would run one extra step (at learning rate 0) when resumed at max_steps.
         log.info("%s is the end of training: writing its adapter, nothing to train", resume)
-        with atomic_directory(adapter_dir) as tmp:
-            for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
-                if (resume / name).is_file():
-                    shutil.copy2(resume / name, tmp / name)
+        if processes.is_main:
+            with atomic_directory(adapter_dir) as tmp:
+                for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+                    if (resume / name).is_file():
+                        shutil.copy2(resume / name, tmp / name)
         history, global_step, wall_time_s = finished["log_history"], finished["global_step"], 0.0
     else:
-        device = resolve_device(params.model)
         with torch_threads(params.train.cpu_threads if device == "cpu" else None):
             callbacks = [*extra_callbacks, *([CurveWriter(live_curves_dir)] if live_curves_dir else [])]
-            trainer, guard = _trainer(params, model_dir, dataset, checkpoints_dir, callbacks)
+            trainer, guard = _trainer(params, model_dir, dataset, args, funcs, device, callbacks)
             started = time.perf_counter()
             trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
             wall_time_s = time.perf_counter() - started
@@ -282,19 +317,36 @@ def train(params: TrainStageParams, train_split: Any, *, model_dir: Path, adapte
                 f"profiles.{params.profile}.train.learning_rate (now {params.train.learning_rate}) or "
                 f"max_grad_norm (now {params.train.max_grad_norm}) in params.yaml, then delete "
                 f"{checkpoints_dir} (its checkpoints predate the divergence but share its setup) and re-run")
-        with atomic_directory(adapter_dir) as tmp:
-            trainer.model.save_pretrained(tmp, safe_serialization=True)
+        _save_adapter(trainer, adapter_dir, processes)
         history, global_step = trainer.state.log_history, trainer.state.global_step
 
     # ---- outputs: curves, metrics (after the adapter: a kill before here leaves no metrics) ---------
-    with atomic_directory(curves_dir) as tmp:
-        write_curves(history, tmp)
     metrics = train_metrics(history, params=params, steps=global_step, prompts_dropped=dropped,
-                            prompts_used=len(dataset))
-    atomic_write_json(metrics_path, metrics)
+                            prompts_used=len(dataset), world_size=processes.count)
+    if processes.is_main:
+        with atomic_directory(curves_dir) as tmp:
+            write_curves(history, tmp)
+        atomic_write_json(metrics_path, metrics)
+    processes.finish()
     return TrainResult(metrics, train_telemetry(history, wall_time_s=wall_time_s,
                                                 steps_run=global_step - resumed_from_step,
                                                 resumed_from_step=resumed_from_step))
+
+
+def _save_adapter(trainer: GRPOTrainer, adapter_dir: Path, processes: launch.Processes) -> None:
+    """The trained LoRA adapter, written once by the main process (atomically).
+
+    Under DeepSpeed ZeRO-3 every process holds a shard of the weights: all of them gather the full
+    state dict first (a collective, as transformers' ``Trainer.save_model`` does), then the main process
+    saves it. DDP and ZeRO-2 keep full weights in every process.
+    """
+    state_dict = None
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    if plugin is not None and plugin.zero_stage == 3:
+        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
+    if processes.is_main:
+        with atomic_directory(adapter_dir) as tmp:
+            trainer.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
 
 
 def _log_policy(params: TrainStageParams) -> None:
@@ -318,17 +370,13 @@ def _log_policy(params: TrainStageParams) -> None:
                  params.gspo.importance_sampling_level)
 
 
-def _trainer(params: TrainStageParams, model_dir: Path, dataset: Any, checkpoints_dir: Path,
-             extra_callbacks: Sequence[TrainerCallback]) -> tuple[GRPOTrainer, DivergenceGuard]:
+def _trainer(params: TrainStageParams, model_dir: Path, dataset: Any, args: GRPOConfig, funcs: Sequence[Any],
+             device: str, extra_callbacks: Sequence[TrainerCallback]) -> tuple[GRPOTrainer, DivergenceGuard]:
     """The LoRA model (vlrl.modeling: Unsloth or transformers) in TRL's GRPOTrainer, with our callbacks."""
     model, processor = load_model_and_processor(params.model, model_dir, lora=params.lora,
                                                 for_training=True, seed=params.seed)
-    device = str(next(model.parameters()).device.type)
-    funcs, weights = build_reward_functions(params.rewards)
-    args = build_grpo_config(params.train, params.gspo, params.seed, checkpoints_dir, device=device,
-                             reward_weights=weights)
     guard = DivergenceGuard()
-    if device != "cuda":  # on CUDA, TRL's Triton kernel (or Unsloth's fused head) stays in place
+    if device != "cuda":  # every process: on CUDA, TRL's Triton kernel (or Unsloth's fused head) stays
         ensure_trl_logprob_kernel()
     trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=funcs, args=args,
                           train_dataset=dataset, callbacks=[CheckpointMarker(), guard, *extra_callbacks])
