@@ -58,7 +58,7 @@ from typing import Any
 import yaml
 
 from vlrl.config import LaunchParams, ModelParams
-from vlrl.config.sections import ACCELERATE_CONFIG_DIR
+from vlrl.config.launch_params import ACCELERATE_CONFIG_DIR
 from vlrl.entry import LAUNCHER_PID_VARIABLE, debug_enabled
 from vlrl.errors import ConfigError, VlrlError
 

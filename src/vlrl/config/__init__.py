@@ -1,6 +1,7 @@
 """The only reader of ``params.yaml``: parsed once into frozen, validated objects.
 
-- :mod:`~vlrl.config.sections`: one dataclass per section, each validating its own values;
+- :mod:`~vlrl.config.sections`: one dataclass per section, each validating its own values
+  (:mod:`~vlrl.config.launch_params`: the launch section; :mod:`~vlrl.config.checks`: the error's shape);
 - :mod:`~vlrl.config.rules`: the rules across sections (batch vs group size, lengths, devices, launch);
 - :mod:`~vlrl.config.loading`: YAML (1.1 and 1.2 number spellings) -> typed objects, errors with key paths;
 - :mod:`~vlrl.config.views`: the part of the params each stage reads, as ``dvc.yaml`` declares it.

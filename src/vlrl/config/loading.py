@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import yaml
 
+from vlrl.config.checks import require
 from vlrl.config.rules import check_profile
-from vlrl.config.sections import PROFILES, Params, require
+from vlrl.config.sections import PROFILES, Params
 from vlrl.errors import ConfigError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vlrl.config.sections import BITSANDBYTES_OPTIMIZERS, ProfileParams, require
+from vlrl.config.checks import require
+from vlrl.config.sections import BITSANDBYTES_OPTIMIZERS, ProfileParams
 
 if TYPE_CHECKING:
     from vlrl.config.sections import GSPOParams, Params, TrainParams
