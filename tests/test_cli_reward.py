@@ -151,11 +151,12 @@ def test_no_completion_and_interactive_stdin_exits_2(capsys, monkeypatch):
 
 @pytest.mark.skipif(not VLRL.exists(), reason="console script not installed next to this interpreter")
 def test_console_script(tmp_path):
-    ok = subprocess.run([str(VLRL), "reward", "--preset", "exact", "--json"], cwd=REPO, capture_output=True,
-                        text=True, timeout=60)
+    # --params: the installed command's default is the workspace params.yaml, which `dvc exp run -S` rewrites.
+    ok = subprocess.run([str(VLRL), "reward", "--preset", "exact", "--json", "--params", str(PARAMS)], cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and json.loads(ok.stdout)["total"] == pytest.approx(2.6)
-    piped = subprocess.run([str(VLRL), "reward", "--gold", "991", "--json"], cwd=REPO, input=GOOD,
-                           capture_output=True, text=True, timeout=60)
+    piped = subprocess.run([str(VLRL), "reward", "--gold", "991", "--json", "--params", str(PARAMS)], cwd=REPO,
+                           input=GOOD, capture_output=True, text=True, timeout=60)
     assert piped.returncode == 0 and json.loads(piped.stdout)["total"] == pytest.approx(2.6)
     bad = subprocess.run([str(VLRL), "reward", "--preset", "nope"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60)
