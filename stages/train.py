@@ -38,9 +38,9 @@ def main() -> int | None:
 
     # ---- params (validated at load); several processes: this one launches them and waits ------------
     params = load_stage_params("train", args.profile, args.params)
-    if launch.should_relaunch(params.launch):
-        return launch.relaunch(params.launch, params.model, args.profile)
-    launch.enter_worker(params.launch, params.model, args.profile)
+    status = launch.launch_or_enter(params.launch, params.model, args.profile)
+    if status is not None:  # this process was the launcher: the stage ran in its processes
+        return status
     modeling.prepare_backend(params.model)  # Unsloth must be imported before trl/transformers/peft
     from vlrl import training  # noqa: PLC0415 - imports trl: only after prepare_backend (vlrl.modeling)
 

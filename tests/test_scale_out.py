@@ -168,12 +168,13 @@ def test_bad_launch_params_name_key_value_and_rule(path, value, message):
 def test_group_size_must_divide_the_global_generation_batch():
     # A group twice one process's generation round is refused on one process and fits two (TRL splits a
     # round over all processes, so only the global batch must hold whole groups).
-    one_process = generation_batch_size(fixture_params().profile("tiny").train, fixture_params().gspo)
+    params = fixture_params()
+    one_process = generation_batch_size(params.profile("tiny").train, params.gspo)
     with pytest.raises(ConfigError, match=rf"per_device_train_batch_size x steps_per_generation = {one_process}\)"):
         fixture_params(profiles__tiny__train__num_generations=2 * one_process)
     raw = edited(raw_params(), "profiles.tiny.train.num_generations", 2 * one_process)
-    params = parse_params(edited(raw, "profiles.tiny.launch.num_processes", 2))
-    assert params.profile("tiny").train.num_generations == 2 * one_process
+    two_processes = parse_params(edited(raw, "profiles.tiny.launch.num_processes", 2))
+    assert two_processes.profile("tiny").train.num_generations == 2 * one_process
 
 
 @pytest.mark.parametrize(("world", "launch", "message"), [

@@ -205,6 +205,19 @@ def should_relaunch(launch: LaunchParams) -> bool:
     return launch.launched and not inside_launcher()
 
 
+def launch_or_enter(launch: LaunchParams, model: ModelParams, profile: str) -> int | None:
+    """The first step of a stage that may run as several processes (train, generate).
+
+    Returns the launcher's exit status when this process has to start the stage under ``accelerate
+    launch`` (:func:`relaunch`; the stage then returns it and does nothing else), else ``None`` after
+    this process passed :func:`enter_worker` (the stage goes on with its work).
+    """
+    if should_relaunch(launch):
+        return relaunch(launch, model, profile)
+    enter_worker(launch, model, profile)
+    return None
+
+
 def relaunch(launch: LaunchParams, model: ModelParams, profile: str, argv: Sequence[str] | None = None) -> int:
     """Run this stage's command (``argv``, default ``sys.argv``) under ``accelerate launch``; its exit status.
 
